@@ -1,0 +1,44 @@
+"""``pot``: sign and power-of-two exponent, value = sign * scale * 2**-exponent (a shift MAC)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qexport.errors import GraphError
+from qexport.formats.base import Term, broadcast_channel, identity_table, per_channel, require_arrays
+from qexport.ir.graph import Weight
+
+name = "pot"
+linear = True
+
+
+def check(weight: Weight) -> None:
+    require_arrays(weight, ("sign", "exponent"))
+    sign, exponent = weight.arrays["sign"], weight.arrays["exponent"]
+    if not np.isin(sign, (-1, 0, 1)).all():
+        raise GraphError(f"weight {weight.name!r}: sign must be -1, 0 or 1")
+    max_exponent = int(weight.attrs.get("max_exponent", -1))
+    if max_exponent < 0 or max_exponent > 30:
+        raise GraphError(f"weight {weight.name!r}: max_exponent must be in 0..30")
+    if exponent.size and (exponent.min() < 0 or exponent.max() > max_exponent):
+        raise GraphError(f"weight {weight.name!r}: exponent outside 0..{max_exponent}")
+    per_channel(weight, "scale")
+
+
+def integers(weight: Weight) -> np.ndarray:
+    """Weights on the grid scale * 2**-max_exponent: sign << (max_exponent - exponent)."""
+    max_exponent = int(weight.attrs["max_exponent"])
+    shift = max_exponent - weight.arrays["exponent"].astype(np.int64)
+    return weight.arrays["sign"].astype(np.int64) << shift
+
+
+def grid_scale(weight: Weight) -> np.ndarray:
+    return per_channel(weight, "scale") * 2.0 ** -int(weight.attrs["max_exponent"])
+
+
+def terms(weight: Weight, x_min: int, x_max: int) -> list[Term]:
+    return [Term(identity_table(x_min, x_max), integers(weight))]
+
+
+def real_values(weight: Weight) -> np.ndarray:
+    return integers(weight) * broadcast_channel(grid_scale(weight), len(weight.shape))

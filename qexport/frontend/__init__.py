@@ -1,0 +1,1 @@
+"""torch.fx front end: prepare a float model for QAT, lower a trained one to the IR."""

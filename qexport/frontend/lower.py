@@ -1,0 +1,230 @@
+"""Lower a prepared, trained QAT model (torch.fx GraphModule) to the integer IR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx
+
+from qexport.errors import LoweringError
+from qexport.frontend.patterns import describe, node_kind
+from qexport.frontend.requant import is_power_of_two, multiplier_and_shift
+from qexport.ir.checker import check_graph
+from qexport.ir.dtypes import INT32, IntType
+from qexport.ir.graph import Graph, Node, QuantInfo, TensorInfo, Weight
+from qexport.ir.ops import Op
+from qexport.ir.shapes import infer_shape
+from qexport.passes.infer_accumulator_bits import DEFAULT_MAX_ACC_BITS, infer_accumulator_bits
+from qexport.quant.lsq import LsqQuantizer
+
+ADD_ALIGN_BITS = 16  # extra accumulator precision when two operand scales are not a power-of-two ratio
+
+
+@dataclass
+class Quantized:
+    tensor: str
+
+
+@dataclass
+class Accumulator:
+    tensor: str
+    scale: np.ndarray  # per channel, float64 (exact product of float32 steps)
+    activation: str | None = None  # "relu" / "relu6" still to apply
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule, name: str):
+        self.gm = gm
+        self.graph = Graph(name, [], [], {}, [], {}, {})
+
+    def steps(self, quantizer: LsqQuantizer) -> np.ndarray:
+        return quantizer.step().detach().to(torch.float32).numpy().astype(np.float64)
+
+    def add_node(self, op: Op, name: str, inputs: list[str], output: str, dtype: IntType, quant, **attrs) -> str:
+        node = Node(op, name, inputs, [output], attrs)
+        shapes = [self.graph.tensors[i].shape for i in inputs[:1 if op is Op.REQUANTIZE else None]]
+        shape = infer_shape(self.graph, node, shapes)
+        self.graph.tensors[output] = TensorInfo(output, dtype, shape, quant)
+        self.graph.nodes.append(node)
+        return output
+
+    def quant_of(self, tensor: str) -> QuantInfo:
+        return self.graph.tensors[tensor].quant
+
+
+def _pair(value) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 2
+
+
+def _lower_weighted(b: _Builder, node: fx.Node, x: Quantized) -> Accumulator:
+    module = b.gm.get_submodule(node.target)
+    x_step = float(b.quant_of(x.tensor).scale)
+    weight_steps = b.steps(module.weight_quant)
+    out_channels = module.weight.shape[0]
+    weight_steps = np.broadcast_to(weight_steps, (out_channels,)).copy()
+    integers = module.weight_quant.integers(module.weight).to(torch.int64).numpy()
+    wq = module.weight_quant
+    b.graph.weights[f"{node.target}.weight"] = Weight(
+        f"{node.target}.weight", "int_affine", tuple(integers.shape), {"values": integers},
+        {"dtype": IntType(True, wq.bits).name, "scale": weight_steps.tolist(), "zero_point": 0, "axis": 0},
+    )
+    acc_scale = x_step * weight_steps
+    attrs: dict = {"weight": f"{node.target}.weight", "bias": None}
+    if module.bias is not None:
+        bias = module.bias_integers().to(torch.int64).numpy().reshape(out_channels)
+        b.graph.weights[f"{node.target}.bias"] = Weight(
+            f"{node.target}.bias", "int_affine", (out_channels,), {"values": bias},
+            {"dtype": "INT32", "scale": acc_scale.tolist(), "zero_point": 0, "axis": 0},
+        )
+        attrs["bias"] = f"{node.target}.bias"
+    if node_kind(b.gm, node) == "qconv":
+        pad_h, pad_w = _pair(module.padding)
+        op = Op.CONV2D
+        attrs.update(stride=_pair(module.stride), padding=[pad_h, pad_w, pad_h, pad_w],
+                     dilation=_pair(module.dilation), groups=int(module.groups))
+    else:
+        op = Op.LINEAR
+    out = b.add_node(op, node.target, [x.tensor], f"{node.name}_acc", INT32,
+                     QuantInfo(acc_scale.tolist(), 0, 1), **attrs)
+    return Accumulator(out, acc_scale)
+
+
+def _lower_add(b: _Builder, node: fx.Node, lhs: Quantized, rhs: Quantized) -> Accumulator:
+    lhs_step, rhs_step = float(b.quant_of(lhs.tensor).scale), float(b.quant_of(rhs.tensor).scale)
+    small = min(lhs_step, rhs_step)
+    exact = is_power_of_two(max(lhs_step, rhs_step) / small)
+    acc_step = small if exact else small / (1 << ADD_ALIGN_BITS)
+    lhs_multiplier, rhs_multiplier = round(lhs_step / acc_step), round(rhs_step / acc_step)
+    out = b.add_node(Op.ADD, node.name, [lhs.tensor, rhs.tensor], f"{node.name}_acc", INT32,
+                     QuantInfo(acc_step, 0, 1), lhs_multiplier=lhs_multiplier, rhs_multiplier=rhs_multiplier)
+    channels = b.graph.tensors[out].shape[1]
+    return Accumulator(out, np.full(channels, acc_step))
+
+
+def _activation_clip(activation: str | None, step: float, dtype: IntType) -> tuple[int, int]:
+    low, high = dtype.min, dtype.max
+    if activation in ("relu", "relu6"):
+        low = max(low, 0)
+    if activation == "relu6":
+        high = min(high, int(np.rint(np.float32(6.0) / np.float32(step))))
+    return low, high
+
+
+def _lower_requant(b: _Builder, node: fx.Node, acc: Accumulator) -> Quantized:
+    quantizer: LsqQuantizer = b.gm.get_submodule(node.target)
+    step = float(b.steps(quantizer)[0])
+    dtype = IntType(quantizer.signed, quantizer.bits)
+    pairs = [multiplier_and_shift(float(s) / step) for s in acc.scale]
+    multipliers, shifts = [p[0] for p in pairs], [p[1] for p in pairs]
+    if len(set(pairs)) == 1:
+        multipliers, shifts = multipliers[:1], shifts[:1]
+    low, high = _activation_clip(acc.activation, step, dtype)
+    out = b.add_node(Op.REQUANTIZE, node.target, [acc.tensor], node.name, dtype, QuantInfo(step, 0),
+                     multiplier=multipliers, shift=shifts, clip_min=low, clip_max=high)
+    return Quantized(out)
+
+
+def _lower_input(b: _Builder, node: fx.Node, input_shape: tuple[int, ...]) -> Quantized:
+    quantizer: LsqQuantizer = b.gm.get_submodule(node.target)
+    dtype = IntType(quantizer.signed, quantizer.bits)
+    b.graph.tensors[node.name] = TensorInfo(node.name, dtype, (-1, *input_shape), QuantInfo(float(b.steps(quantizer)[0]), 0))
+    b.graph.inputs.append(node.name)
+    return Quantized(node.name)
+
+
+def _lower_pool(b: _Builder, node: fx.Node, kind: str, x: Quantized) -> Quantized:
+    info = b.graph.tensors[x.tensor]
+    if kind == "maxpool":
+        if node.op == "call_module":
+            pool = b.gm.get_submodule(node.target)
+            kernel, stride, padding = pool.kernel_size, pool.stride, pool.padding
+            if pool.dilation not in (1, (1, 1)) or pool.ceil_mode:
+                raise LoweringError(f"layer {describe(b.gm, node)}: dilation and ceil_mode are not supported")
+        else:
+            args = list(node.args[1:]) + [None, 0][len(node.args) - 2 :]
+            kernel, stride, padding = node.kwargs.get("kernel_size", args[0]), node.kwargs.get("stride", args[1]), node.kwargs.get("padding", args[2])
+        stride = kernel if stride in (None, ()) else stride
+        pad = _pair(padding)
+        return Quantized(b.add_node(Op.MAXPOOL, node.name, [x.tensor], node.name, info.dtype, info.quant,
+                                    kernel=_pair(kernel), stride=_pair(stride), padding=[pad[0], pad[1], pad[0], pad[1]]))
+    pool = b.gm.get_submodule(node.target)
+    if pool.kernel_size is None:
+        return Quantized(b.add_node(Op.GLOBAL_AVGPOOL, node.name, [x.tensor], node.name, info.dtype, info.quant))
+    pad = _pair(pool.padding)
+    stride = pool.kernel_size if pool.stride in (None, ()) else pool.stride
+    return Quantized(b.add_node(Op.AVGPOOL, node.name, [x.tensor], node.name, info.dtype, info.quant,
+                                kernel=_pair(pool.kernel_size), stride=_pair(stride),
+                                padding=[pad[0], pad[1], pad[0], pad[1]], count_include_pad=bool(pool.count_include_pad)))
+
+
+def _flatten_start(b: _Builder, node: fx.Node) -> int:
+    if node.op == "call_module":
+        module = b.gm.get_submodule(node.target)
+        return module.start_dim if module.end_dim == -1 else -99
+    start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
+    end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
+    return start if end == -1 else -99
+
+
+def lower(gm: fx.GraphModule, input_shape: tuple[int, ...], name: str = "model",
+          max_acc_bits: int = DEFAULT_MAX_ACC_BITS) -> Graph:
+    """Lower ``gm`` (from ``prepare_qat``, trained) to a checked integer graph."""
+    b = _Builder(gm, name)
+    env: dict[fx.Node, object] = {}
+    for node in gm.graph.nodes:
+        kind = node_kind(gm, node)
+        args = [env.get(a) for a in node.args if isinstance(a, fx.Node)]
+        where = describe(gm, node)
+        if kind == "placeholder":
+            env[node] = "float"
+        elif kind == "quant":
+            source = args[0]
+            if source == "float":
+                env[node] = _lower_input(b, node, input_shape)
+            elif isinstance(source, Accumulator):
+                env[node] = _lower_requant(b, node, source)
+            elif isinstance(source, Quantized):
+                info = b.graph.tensors[source.tensor]
+                env[node] = _lower_requant(b, node, Accumulator(source.tensor, np.full(info.shape[1], float(info.quant.scale))))
+            else:
+                raise LoweringError(f"layer {where}: quantizer input cannot be lowered")
+        elif kind in ("qconv", "qlinear"):
+            if not isinstance(args[0], Quantized):
+                raise LoweringError(f"layer {where}: its input is not a quantized tensor")
+            env[node] = _lower_weighted(b, node, args[0])
+        elif kind in ("relu", "relu6"):
+            if isinstance(args[0], Accumulator) and args[0].activation is None:
+                env[node] = Accumulator(args[0].tensor, args[0].scale, kind)
+            elif isinstance(args[0], Quantized):
+                info = b.graph.tensors[args[0].tensor]
+                low, high = _activation_clip(kind, float(info.quant.scale), info.dtype)
+                env[node] = Quantized(b.add_node(Op.CLIP, node.name, [args[0].tensor], node.name, info.dtype,
+                                                 info.quant, clip_min=low, clip_max=high))
+            else:
+                raise LoweringError(f"layer {where}: activation input cannot be lowered")
+        elif kind == "add":
+            if len(args) != 2 or not all(isinstance(a, Quantized) for a in args):
+                raise LoweringError(f"layer {where}: both add operands must be quantized tensors")
+            env[node] = _lower_add(b, node, args[0], args[1])
+        elif kind in ("maxpool", "qavgpool"):
+            if not isinstance(args[0], Quantized):
+                raise LoweringError(f"layer {where}: pooling input is not a quantized tensor")
+            env[node] = _lower_pool(b, node, kind, args[0])
+        elif kind == "flatten":
+            if not isinstance(args[0], Quantized) or _flatten_start(b, node) != 1:
+                raise LoweringError(f"layer {where}: only flatten(x, 1) of a quantized tensor is supported")
+            info = b.graph.tensors[args[0].tensor]
+            env[node] = Quantized(b.add_node(Op.FLATTEN, node.name, [args[0].tensor], node.name, info.dtype, info.quant))
+        elif kind == "identity":
+            env[node] = args[0]
+        elif kind == "output":
+            result = args[0]
+            if not isinstance(result, Quantized):
+                raise LoweringError("model output is not quantized (add an output quantizer)")
+            b.graph.outputs.append(result.tensor)
+        else:
+            raise LoweringError(f"layer {where}: unsupported operation for integer lowering")
+    graph = infer_accumulator_bits(b.graph, max_acc_bits)
+    return check_graph(graph)

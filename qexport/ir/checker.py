@@ -1,0 +1,128 @@
+"""Rejects malformed graphs with a message naming the node, tensor or weight.
+
+Every producer (lowering, spec loader, hand-built graphs) runs ``check_graph``.
+"""
+
+from __future__ import annotations
+
+from qexport.errors import GraphError
+from qexport.formats import get_format
+from qexport.ir.graph import Graph, Node
+from qexport.ir.ops import OP_SIGNATURES, WEIGHTED_OPS, Op
+from qexport.ir.shapes import infer_shape
+
+DTYPE_PRESERVING = frozenset({Op.RELU, Op.CLIP, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.RESHAPE})
+MAX_REQUANT_SHIFT = 62
+
+
+def _check_attrs(node: Node) -> None:
+    (min_inputs, max_inputs), required = OP_SIGNATURES[node.op]
+    if not min_inputs <= len(node.inputs) <= max_inputs:
+        raise GraphError(f"node {node.name!r} ({node.op.value}): {len(node.inputs)} inputs, expected {min_inputs}..{max_inputs}")
+    if len(node.outputs) != 1:
+        raise GraphError(f"node {node.name!r} ({node.op.value}): expected exactly one output")
+    for key, kind in required.items():
+        if key not in node.attrs:
+            raise GraphError(f"node {node.name!r} ({node.op.value}): missing attribute {key!r}")
+        value = node.attrs[key]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise GraphError(f"node {node.name!r}: attribute {key!r} must be an integer, got {value!r}")
+        if not isinstance(value, kind):
+            raise GraphError(f"node {node.name!r}: attribute {key!r} must be a {kind.__name__}, got {value!r}")
+    for key in ("stride", "dilation", "kernel"):
+        if key in node.attrs and (len(node.attrs[key]) != 2 or min(node.attrs[key]) < 1):
+            raise GraphError(f"node {node.name!r}: attribute {key!r} must be two positive integers")
+    if "padding" in node.attrs and (len(node.attrs["padding"]) != 4 or min(node.attrs["padding"]) < 0):
+        raise GraphError(f"node {node.name!r}: attribute 'padding' must be four non-negative integers")
+    if node.op is Op.CONV2D and node.attrs["groups"] < 1:
+        raise GraphError(f"node {node.name!r}: groups must be >= 1")
+
+
+def _check_weights(graph: Graph, node: Node, out_channels: int) -> None:
+    weight_name = node.attrs["weight"]
+    if weight_name not in graph.weights:
+        raise GraphError(f"node {node.name!r}: weight {weight_name!r} is not in the graph")
+    weight = graph.weights[weight_name]
+    get_format(weight.format).check(weight)
+    bias_name = node.attrs.get("bias")
+    if bias_name is not None:
+        if bias_name not in graph.weights:
+            raise GraphError(f"node {node.name!r}: bias {bias_name!r} is not in the graph")
+        bias = graph.weights[bias_name]
+        if bias.format != "int_affine" or bias.shape != (out_channels,):
+            raise GraphError(f"node {node.name!r}: bias {bias_name!r} must be int_affine of shape ({out_channels},)")
+        get_format(bias.format).check(bias)
+
+
+def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
+    out = graph.tensors[node.outputs[0]]
+    for key in ("multiplier", "shift"):
+        values = node.attrs[key]
+        if len(values) not in (1, channels) or not all(isinstance(v, int) for v in values):
+            raise GraphError(f"node {node.name!r}: {key} needs 1 or {channels} integers")
+    if any(m < 0 or m >= 1 << 31 for m in node.attrs["multiplier"]):
+        raise GraphError(f"node {node.name!r}: multiplier must be in [0, 2**31)")
+    if any(abs(s) > MAX_REQUANT_SHIFT for s in node.attrs["shift"]):
+        raise GraphError(f"node {node.name!r}: shift must be in [-{MAX_REQUANT_SHIFT}, {MAX_REQUANT_SHIFT}]")
+    low, high = node.attrs["clip_min"], node.attrs["clip_max"]
+    if not (out.dtype.min <= low <= high <= out.dtype.max):
+        raise GraphError(f"node {node.name!r}: clip [{low}, {high}] outside {out.dtype.name}")
+    if len(node.inputs) == 2:
+        dynamic = graph.tensors[node.inputs[1]]
+        if len(dynamic.shape) != 1:
+            raise GraphError(f"node {node.name!r}: dynamic multiplier {dynamic.name!r} must be one value per sample")
+
+
+def check_graph(graph: Graph) -> Graph:
+    """Validate names, order, attributes, weights, shapes and integer types; return the graph."""
+    defined: set[str] = set()
+    for name in graph.inputs:
+        info = graph.tensors.get(name)
+        if info is None:
+            raise GraphError(f"graph input {name!r} has no tensor info")
+        if info.quant is None:
+            raise GraphError(f"graph input {name!r} needs quantization info (scale, zero point)")
+        defined.add(name)
+    node_names: set[str] = set()
+    for node in graph.nodes:
+        if not isinstance(node.op, Op):
+            raise GraphError(f"node {node.name!r}: unknown op {node.op!r}")
+        if node.name in node_names:
+            raise GraphError(f"node {node.name!r}: duplicate node name")
+        node_names.add(node.name)
+        _check_attrs(node)
+        for name in node.inputs:
+            if name not in defined:
+                raise GraphError(f"node {node.name!r}: input {name!r} is used before it is produced")
+        for name in node.outputs:
+            if name in defined:
+                raise GraphError(f"node {node.name!r}: output {name!r} is produced twice")
+            if name not in graph.tensors:
+                raise GraphError(f"node {node.name!r}: output {name!r} has no tensor info")
+        in_infos = [graph.tensors[name] for name in node.inputs]
+        out = graph.tensors[node.outputs[0]]
+        if node.op in WEIGHTED_OPS:
+            if node.attrs["weight"] not in graph.weights:
+                raise GraphError(f"node {node.name!r}: weight {node.attrs['weight']!r} is not in the graph")
+            _check_weights(graph, node, graph.weights[node.attrs["weight"]].shape[0])
+        data_shapes = [info.shape for info in in_infos]
+        if node.op is Op.REQUANTIZE:
+            data_shapes = data_shapes[:1]
+        expected = infer_shape(graph, node, data_shapes)
+        if tuple(out.shape[1:]) != tuple(expected[1:]):
+            raise GraphError(f"node {node.name!r}: output {out.name!r} declared {out.shape}, inferred {expected}")
+        if node.op in DTYPE_PRESERVING and out.dtype != in_infos[0].dtype:
+            raise GraphError(f"node {node.name!r}: output type {out.dtype.name} differs from input {in_infos[0].dtype.name}")
+        if node.op is Op.CONCAT and any(info.dtype != out.dtype for info in in_infos):
+            raise GraphError(f"node {node.name!r}: concat operands must share the output type {out.dtype.name}")
+        if node.op is Op.CLIP and not out.dtype.min <= node.attrs["clip_min"] <= node.attrs["clip_max"] <= out.dtype.max:
+            raise GraphError(f"node {node.name!r}: clip range outside {out.dtype.name}")
+        if node.op is Op.REQUANTIZE:
+            _check_requantize(graph, node, in_infos[0].shape[1] if len(in_infos[0].shape) > 1 else 1)
+        defined.update(node.outputs)
+    for name in graph.outputs:
+        if name not in defined:
+            raise GraphError(f"graph output {name!r} is never produced")
+        if graph.tensors[name].quant is None:
+            raise GraphError(f"graph output {name!r} needs quantization info to be dequantized")
+    return graph

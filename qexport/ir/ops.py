@@ -1,0 +1,40 @@
+"""The IR's op set: one enum, and per op the attributes it needs (tinygrad's one-enum idea)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Op(str, Enum):
+    CONV2D = "conv2d"
+    LINEAR = "linear"
+    ADD = "add"
+    REQUANTIZE = "requantize"
+    RELU = "relu"
+    CLIP = "clip"
+    MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
+    GLOBAL_AVGPOOL = "global_avgpool"
+    FLATTEN = "flatten"
+    RESHAPE = "reshape"
+    CONCAT = "concat"
+
+
+# op -> (number of data inputs (min, max), {required attribute: python type})
+OP_SIGNATURES: dict[Op, tuple[tuple[int, int], dict[str, type]]] = {
+    Op.CONV2D: ((1, 1), {"weight": str, "stride": list, "padding": list, "dilation": list, "groups": int}),
+    Op.LINEAR: ((1, 1), {"weight": str}),
+    Op.ADD: ((2, 2), {"lhs_multiplier": int, "rhs_multiplier": int}),
+    Op.REQUANTIZE: ((1, 2), {"multiplier": list, "shift": list, "clip_min": int, "clip_max": int}),
+    Op.RELU: ((1, 1), {}),
+    Op.CLIP: ((1, 1), {"clip_min": int, "clip_max": int}),
+    Op.MAXPOOL: ((1, 1), {"kernel": list, "stride": list, "padding": list}),
+    Op.AVGPOOL: ((1, 1), {"kernel": list, "stride": list, "padding": list, "count_include_pad": bool}),
+    Op.GLOBAL_AVGPOOL: ((1, 1), {}),
+    Op.FLATTEN: ((1, 1), {}),
+    Op.RESHAPE: ((1, 1), {"shape": list}),
+    Op.CONCAT: ((1, 64), {"axis": int}),
+}
+
+# ops whose weights are named in attrs["weight"] and optional bias in attrs["bias"]
+WEIGHTED_OPS = frozenset({Op.CONV2D, Op.LINEAR})

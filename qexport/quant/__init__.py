@@ -1,0 +1,1 @@
+"""PyTorch QAT/PTQ quantizers (torch lives only here and in frontend/)."""

@@ -1,0 +1,112 @@
+"""Fake-quantized layers whose arithmetic the integer IR reproduces exactly.
+
+Each layer knows the quantizer of its input (``input_quant``, set by ``prepare_qat``):
+the bias is quantized to the accumulator step ``input_step * weight_step`` and an
+average pool rounds back onto its input's grid, exactly as the integer graph does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qexport.quant.lsq import LsqQuantizer
+from qexport.quant.ste import round_ste
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+class InputQuantRef:
+    """Holds the upstream activation quantizer without registering it as a submodule."""
+
+    def set_input_quant(self, quantizer: LsqQuantizer) -> None:
+        object.__setattr__(self, "_input_quant", quantizer)
+
+    @property
+    def input_quant(self) -> LsqQuantizer:
+        quantizer = getattr(self, "_input_quant", None)
+        if quantizer is None:
+            raise RuntimeError(f"{type(self).__name__}: input quantizer not set (run prepare_qat)")
+        return quantizer
+
+
+class _QuantWeighted(InputQuantRef):
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    weight_quant: LsqQuantizer
+
+    def accumulator_step(self) -> torch.Tensor:
+        """input step * weight step, per output channel (float32, as the forward uses it)."""
+        return self.input_quant.step().reshape(()) * self.weight_quant.step()
+
+    def quant_weight(self) -> torch.Tensor:
+        return self.weight_quant(self.weight)
+
+    def quant_bias(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        step = self.accumulator_step()
+        return torch.clamp(round_ste(self.bias / step), INT32_MIN, INT32_MAX) * step
+
+    def bias_integers(self) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.clamp(torch.round(self.bias / self.accumulator_step()), INT32_MIN, INT32_MAX)
+
+
+class QConv2d(nn.Conv2d, _QuantWeighted):
+    def __init__(self, *args, weight_bits: int = 4, per_channel: bool = True, pow2: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        channels = self.out_channels if per_channel else 1
+        self.weight_quant = LsqQuantizer(
+            weight_bits, True, channels, 0 if per_channel else None, pow2=pow2
+        )
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, **quant_kwargs) -> QConv2d:
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("only numeric zero padding is supported")
+        layer = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, **quant_kwargs,
+        )
+        layer.load_state_dict(conv.state_dict(), strict=False)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.quant_weight(), self.quant_bias(), self.stride, self.padding, self.dilation, self.groups)
+
+
+class QLinear(nn.Linear, _QuantWeighted):
+    def __init__(self, *args, weight_bits: int = 4, per_channel: bool = True, pow2: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        channels = self.out_features if per_channel else 1
+        self.weight_quant = LsqQuantizer(
+            weight_bits, True, channels, 0 if per_channel else None, pow2=pow2
+        )
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **quant_kwargs) -> QLinear:
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, **quant_kwargs)
+        layer.load_state_dict(linear.state_dict(), strict=False)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.quant_weight(), self.quant_bias())
+
+
+class QAvgPool2d(nn.Module, InputQuantRef):
+    """Average pool rounded back onto the input's grid (kernel None means global)."""
+
+    def __init__(self, kernel_size=None, stride=None, padding=0, count_include_pad: bool = True):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.count_include_pad = count_include_pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_size is None:
+            pooled = F.adaptive_avg_pool2d(x, 1)
+        else:
+            pooled = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, count_include_pad=self.count_include_pad)
+        step = self.input_quant.step().reshape(())
+        return round_ste(pooled / step) * step

@@ -1,0 +1,1 @@
+"""One op, one small numpy file (the ONNX reference evaluator's layout)."""
