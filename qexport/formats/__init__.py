@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from qexport.errors import GraphError
-from qexport.formats import apot, codebook, int_affine, pot, post
+from qexport.formats import apot, codebook, int_affine, post, pot
 
 FORMATS: dict[str, ModuleType] = {m.name: m for m in (int_affine, pot, post, apot, codebook)}
 

@@ -15,7 +15,10 @@ linear = True
 
 def check(weight: Weight) -> None:
     require_arrays(weight, ("values",))
-    dtype = IntType.parse(weight.attrs.get("dtype", ""))
+    try:
+        dtype = IntType.parse(str(weight.attrs.get("dtype", "")))
+    except GraphError as error:
+        raise GraphError(f"weight {weight.name!r}: attribute 'dtype': {error}") from None
     values = weight.arrays["values"]
     if values.size and (values.min() < dtype.min or values.max() > dtype.max):
         raise GraphError(f"weight {weight.name!r}: values outside {dtype.name} range")

@@ -55,12 +55,12 @@ def infer_accumulator_bits(graph: Graph, max_acc_bits: int = DEFAULT_MAX_ACC_BIT
         if node.op not in (Op.CONV2D, Op.LINEAR, Op.ADD):
             continue
         low, high = value_range(graph, node)
-        dtype = IntType.for_range(min(low, -1), max(high, 0)) if max(-low, high) < 1 << 62 else None
-        if dtype is None or dtype.bits > max_acc_bits:
-            needed = dtype.bits if dtype else "over 62"
+        needed = max((-low - 1).bit_length(), high.bit_length()) + 1  # signed two's complement
+        if needed > max_acc_bits:
             raise AccumulatorOverflowError(
                 f"node {node.name!r}: accumulator needs {needed} bits, the target allows {max_acc_bits}"
             )
+        dtype = IntType(True, max(needed, 2))
         graph.tensors[node.outputs[0]].dtype = dtype
         node.attrs["acc_bits"] = dtype.bits
     return graph

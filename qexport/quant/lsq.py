@@ -23,7 +23,8 @@ def mse_scale(x: torch.Tensor, qmin: int, qmax: int, channel_dim: int | None) ->
         x = x.reshape(1, -1)
     else:
         x = x.transpose(0, channel_dim).reshape(x.shape[channel_dim], -1)
-    peak = x.abs().amax(dim=1).clamp_min(1e-8)
+    peak = x.abs().amax(dim=1)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))  # an all-zero channel keeps a unit range
     best_err = torch.full_like(peak, float("inf"))
     best = peak / max(qmax, -qmin)
     for ratio in SEARCH_RATIOS:

@@ -1,0 +1,79 @@
+"""``qexport SOURCE --target NAME [-o OUTDIR] [--verify]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from qexport.data import verification_data
+from qexport.errors import QExportError
+from qexport.pipeline import add_verification, run_export
+from qexport.targets import available_targets, load_target
+from qexport.verify import Verification, verify
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+EXIT_BAD_INPUT = 2
+EXIT_VERIFY_FAILED = 1
+
+
+def verification_table(result: Verification) -> Table:
+    mode = "bit-exact required (all scales are powers of two)" if result.exact_expected else "<= 1 LSB per layer"
+    table = Table(title=f"Verification on {result.samples} samples vs the IR reference ({mode})")
+    for column in ("path", "top-1 agreement", "max |error| (LSB)", "bit-exact outputs", "accuracy", "status"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    accuracy = "-" if result.reference_accuracy is None else f"{result.reference_accuracy:.2%}"
+    table.add_row("IR reference", "100.00%", "0", "all", accuracy, "oracle")
+    for path in result.paths:
+        table.add_row(
+            path.path, f"{path.top1_agreement:.2%}", str(path.max_error_lsb), f"{path.bit_exact}/{path.total}",
+            "-" if path.accuracy is None else f"{path.accuracy:.2%}",
+            "reported" if path.bound_lsb is None else ("ok" if path.ok else f"FAIL (bound {path.bound_lsb})"),
+        )
+    table.caption = (f"onnxruntime layer by layer: max {result.layerwise_max_error_lsb} LSB, "
+                     f"mismatch rate {result.layerwise_mismatch_rate:.2e}")
+    return table
+
+
+@app.command()
+def main(
+    source: Annotated[Path, typer.Argument(help="QAT checkpoint (.ckpt, safetensors) to export")],
+    target: Annotated[str, typer.Option(help=f"target name ({', '.join(available_targets())}) or a .toml file")] = "fpga",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="output directory [<source stem>_<target>]")] = None,
+    verify_outputs: Annotated[bool, typer.Option("--verify", help="compare torch, IR reference and onnxruntime")] = False,
+    samples: Annotated[int, typer.Option(help="number of verification samples")] = 360,
+) -> None:
+    """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
+    try:
+        target_spec = load_target(target)
+        out_dir = output or Path(f"{source.stem}_{target_spec.name}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("export", total=4)
+
+            def step(name: str) -> None:
+                progress.update(task, description=name, advance=1 if progress.tasks[task].description != "export" else 0)
+
+            checkpoint, graph, model, report = run_export(source, target_spec, out_dir, step)
+            progress.update(task, completed=4)
+            if verify_outputs:
+                inputs, labels = verification_data(checkpoint.info.get("dataset", "synthetic"), checkpoint.input_shape, samples)
+                check = progress.add_task("verify: torch, reference, onnxruntime", total=3 * len(inputs))
+                result = verify(graph, checkpoint.model, model, inputs, labels,
+                                progress=lambda n: progress.advance(check, n))
+        console.print(f"wrote {out_dir}/ (model.onnx, layer_spec.json, weights.bin, report.json) "
+                      f"in {report['export_seconds']:.2f} s")
+    except QExportError as error:
+        console.print(f"error: {error}", style="red", markup=False, highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if verify_outputs:
+        add_verification(out_dir, report, result.to_dict())
+        Console().print(verification_table(result))
+        if not result.ok:
+            console.print("error: integer paths disagree beyond the documented bound", style="red")
+            raise typer.Exit(EXIT_VERIFY_FAILED)

@@ -1,0 +1,1 @@
+"""Exporters: everything here reads only the IR."""

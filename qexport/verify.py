@@ -1,0 +1,178 @@
+"""Compare every execution path of a model against the IR reference, in output LSBs.
+
+Bounds (docs/verification.md): when every scale in the graph is a power of two the
+integer paths must be bit-exact; otherwise each layer, given identical integer
+inputs, may differ by at most one LSB from the reference (float requantization in
+the QDQ graph vs the IR's 31-bit integer multiplier), and end-to-end differences
+are reported, not bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from qexport.export.onnx_qdq import with_intermediate_outputs
+from qexport.formats import get_format
+from qexport.frontend.requant import is_power_of_two
+from qexport.ir.graph import Graph
+from qexport.reference import quantize_input, run_graph, run_node
+
+BATCH = 64
+LAYERWISE_BOUND_LSB = 1
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class PathResult:
+    path: str
+    top1_agreement: float
+    max_error_lsb: int
+    bit_exact: int
+    total: int
+    accuracy: float | None = None
+    bound_lsb: int | None = None  # None: reported, not enforced
+
+    @property
+    def ok(self) -> bool:
+        return self.bound_lsb is None or self.max_error_lsb <= self.bound_lsb
+
+
+@dataclass
+class Verification:
+    exact_expected: bool
+    samples: int
+    reference_accuracy: float | None
+    paths: list[PathResult] = field(default_factory=list)
+    layerwise_max_error_lsb: int = 0
+    layerwise_mismatch_rate: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        layer_bound = 0 if self.exact_expected else LAYERWISE_BOUND_LSB
+        return all(p.ok for p in self.paths) and self.layerwise_max_error_lsb <= layer_bound
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+def all_scales_power_of_two(graph: Graph) -> bool:
+    """True when every activation step and weight grid step is a power of two."""
+    for info in graph.tensors.values():
+        if info.quant is not None and not all(is_power_of_two(float(s)) for s in np.atleast_1d(info.quant.scale)):
+            return False
+    return all(
+        is_power_of_two(float(s))
+        for weight in graph.weights.values()
+        for s in get_format(weight.format).grid_scale(weight)
+    )
+
+
+def _to_int(graph: Graph, tensor: str, values: np.ndarray) -> np.ndarray:
+    quant = graph.tensors[tensor].quant
+    return np.rint(values / np.float32(quant.scale)).astype(np.int64) + quant.zero_point
+
+
+def _batches(count: int):
+    for start in range(0, count, BATCH):
+        yield slice(start, min(start + BATCH, count))
+
+
+def torch_integers(model: torch.nn.Module, graph: Graph, inputs: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    """The fake-quantized model's output divided by its step (exact integers when on the grid)."""
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for part in _batches(len(inputs)):
+            parts.append(model(torch.from_numpy(inputs[part])).numpy())
+            if progress:
+                progress(part.stop - part.start)
+    return _to_int(graph, graph.outputs[0], np.concatenate(parts))
+
+
+def reference_integers(graph: Graph, inputs: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    info = graph.tensors[graph.inputs[0]]
+    parts = []
+    for part in _batches(len(inputs)):
+        parts.append(run_graph(graph, {info.name: quantize_input(info, inputs[part])})[graph.outputs[0]])
+        if progress:
+            progress(part.stop - part.start)
+    return np.concatenate(parts)
+
+
+def onnxruntime_session(model: onnx.ModelProto, optimize: bool = False) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_tensors(model: onnx.ModelProto, graph: Graph, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of ``model`` (run with graph optimizations disabled) as IR integers."""
+    session = onnxruntime_session(model)
+    names = [o.name for o in session.get_outputs()]
+    feed_name = session.get_inputs()[0].name
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for part in _batches(len(inputs)):
+        for name, value in zip(names, session.run(None, {feed_name: inputs[part]}), strict=True):
+            collected[name].append(value)
+    return {name: _to_int(graph, name, np.concatenate(parts)) for name, parts in collected.items()}
+
+
+def layerwise_errors(graph: Graph, inputs: np.ndarray, observed: dict[str, np.ndarray]) -> tuple[int, float]:
+    """Run each reference node on the observed path's own inputs; (max |error| LSB, mismatch rate)."""
+    info = graph.tensors[graph.inputs[0]]
+    values = {info.name: quantize_input(info, inputs)}
+    worst, mismatches, total = 0, 0, 0
+    for node in graph.nodes:
+        result = run_node(graph, node, [observed.get(name, values.get(name)) for name in node.inputs])
+        values[node.outputs[0]] = result
+        if node.outputs[0] in observed:
+            error = np.abs(result - observed[node.outputs[0]])
+            worst = max(worst, int(error.max()))
+            mismatches += int((error > 0).sum())
+            total += error.size
+    return worst, mismatches / max(total, 1)
+
+
+def compare(path: str, reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None,
+            bound: int | None) -> PathResult:
+    error = np.abs(reference - other).reshape(len(reference), -1)
+    accuracy = None if labels is None else float((other.argmax(axis=1) == labels).mean())
+    return PathResult(
+        path=path,
+        top1_agreement=float((reference.argmax(axis=1) == other.argmax(axis=1)).mean()),
+        max_error_lsb=int(error.max()),
+        bit_exact=int((error == 0).sum()),
+        total=int(error.size),
+        accuracy=accuracy,
+        bound_lsb=bound,
+    )
+
+
+def verify(graph: Graph, model: torch.nn.Module | None, onnx_model: onnx.ModelProto, inputs: np.ndarray,
+           labels: np.ndarray | None = None, progress: Progress | None = None) -> Verification:
+    """Run the fake-quant torch model, the IR reference and onnxruntime, and compare."""
+    exact = all_scales_power_of_two(graph)
+    reference = reference_integers(graph, inputs, progress)
+    result = Verification(
+        exact_expected=exact, samples=len(inputs),
+        reference_accuracy=None if labels is None else float((reference.argmax(axis=1) == labels).mean()),
+    )
+    if model is not None:
+        result.paths.append(compare("torch fake-quant", reference, torch_integers(model, graph, inputs, progress),
+                                    labels, 0 if exact else None))
+    observed = onnxruntime_tensors(with_intermediate_outputs(onnx_model, graph), graph, inputs)
+    if progress:
+        progress(len(inputs))
+    result.paths.append(compare("onnxruntime", reference, observed[graph.outputs[0]], labels, 0 if exact else None))
+    result.layerwise_max_error_lsb, result.layerwise_mismatch_rate = layerwise_errors(graph, inputs, observed)
+    return result
