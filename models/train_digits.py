@@ -49,8 +49,13 @@ def main() -> None:
     print(f"QAT test accuracy {qat_accuracy:.4f} ({seconds:.1f} s)")
     name = "digits_cnn_w4a4_lsq.ckpt" if args.free_scales else "digits_cnn_w4a4.ckpt"
     output = args.output or HERE / name
-    info = {"dataset": "digits", "float_accuracy": float_accuracy, "qat_accuracy": qat_accuracy,
-            "train_seconds": round(seconds, 1), "trained_by": "models/train_digits.py"}
+    info = {
+        "dataset": "digits",
+        "float_accuracy": float_accuracy,
+        "qat_accuracy": qat_accuracy,
+        "train_seconds": round(seconds, 1),
+        "trained_by": "models/train_digits.py",
+    }
     save_checkpoint(output, checkpoint_from_model(qat, "digits_cnn", {}, config, **info))
     print(json.dumps({"checkpoint": str(output), **info}))
 

@@ -70,7 +70,9 @@ def _read_header(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: corrupt or not a safetensors checkpoint (bad header)") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or metadata.get(FORMAT_KEY) != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: a safetensors file, but not a qexport checkpoint (metadata {FORMAT_KEY} missing)")
+        raise CheckpointError(
+            f"{path}: a safetensors file, but not a qexport checkpoint (metadata {FORMAT_KEY} missing)"
+        )
     return metadata
 
 
@@ -99,7 +101,9 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         raise CheckpointError(f"{path}: {error}") from None
     missing = set(model.state_dict()) ^ set(state)
     if missing:
-        raise CheckpointError(f"{path}: state does not match architecture {architecture!r} (keys {sorted(missing)[:3]})")
+        raise CheckpointError(
+            f"{path}: state does not match architecture {architecture!r} (keys {sorted(missing)[:3]})"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -107,12 +111,14 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         raise CheckpointError(f"{path}: state does not match architecture {architecture!r} ({first})") from None
     model.eval()
     if "input_shape" not in info:
-        info["input_shape"] = list(getattr(model, "input_shape", None) or build(architecture, **arch_kwargs).input_shape)
+        info["input_shape"] = list(
+            getattr(model, "input_shape", None) or build(architecture, **arch_kwargs).input_shape
+        )
     return Checkpoint(architecture, arch_kwargs, config, model, info)
 
 
-def checkpoint_from_model(model: fx.GraphModule, architecture: str, arch_kwargs: dict[str, Any],
-                          config: QuantConfig, **info: Any) -> Checkpoint:
+def checkpoint_from_model(
+    model: fx.GraphModule, architecture: str, arch_kwargs: dict[str, Any], config: QuantConfig, **info: Any
+) -> Checkpoint:
     info.setdefault("input_shape", list(build(architecture, **arch_kwargs).input_shape))
     return Checkpoint(architecture, arch_kwargs, config, model, info)
-

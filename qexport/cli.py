@@ -31,43 +31,67 @@ def verification_table(result: Verification) -> Table:
     table.add_row("IR reference", "100.00%", "0", "all", accuracy, "oracle")
     for path in result.paths:
         table.add_row(
-            path.path, f"{path.top1_agreement:.2%}", str(path.max_error_lsb), f"{path.bit_exact}/{path.total}",
+            path.path,
+            f"{path.top1_agreement:.2%}",
+            str(path.max_error_lsb),
+            f"{path.bit_exact}/{path.total}",
             "-" if path.accuracy is None else f"{path.accuracy:.2%}",
             "reported" if path.bound_lsb is None else ("ok" if path.ok else f"FAIL (bound {path.bound_lsb})"),
         )
-    table.caption = (f"onnxruntime layer by layer: max {result.layerwise_max_error_lsb} LSB, "
-                     f"mismatch rate {result.layerwise_mismatch_rate:.2e}")
+    table.caption = (
+        f"onnxruntime layer by layer: max {result.layerwise_max_error_lsb} LSB, "
+        f"mismatch rate {result.layerwise_mismatch_rate:.2e}"
+    )
     return table
 
 
 @app.command()
 def main(
     source: Annotated[Path, typer.Argument(help="QAT checkpoint (.ckpt, safetensors) to export")],
-    target: Annotated[str, typer.Option(help=f"target name ({', '.join(available_targets())}) or a .toml file")] = "fpga",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="output directory [<source stem>_<target>]")] = None,
-    verify_outputs: Annotated[bool, typer.Option("--verify", help="compare torch, IR reference and onnxruntime")] = False,
+    target: Annotated[
+        str, typer.Option(help=f"target name ({', '.join(available_targets())}) or a .toml file")
+    ] = "fpga",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="output directory [<source stem>_<target>]")
+    ] = None,
+    verify_outputs: Annotated[
+        bool, typer.Option("--verify", help="compare torch, IR reference and onnxruntime")
+    ] = False,
     samples: Annotated[int, typer.Option(help="number of verification samples")] = 360,
 ) -> None:
     """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
     try:
         target_spec = load_target(target)
         out_dir = output or Path(f"{source.stem}_{target_spec.name}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
             task = progress.add_task("export", total=4)
 
             def step(name: str) -> None:
-                progress.update(task, description=name, advance=1 if progress.tasks[task].description != "export" else 0)
+                progress.update(
+                    task, description=name, advance=1 if progress.tasks[task].description != "export" else 0
+                )
 
             checkpoint, graph, model, report = run_export(source, target_spec, out_dir, step)
             progress.update(task, completed=4)
             if verify_outputs:
-                inputs, labels = verification_data(checkpoint.info.get("dataset", "synthetic"), checkpoint.input_shape, samples)
+                inputs, labels = verification_data(
+                    checkpoint.info.get("dataset", "synthetic"), checkpoint.input_shape, samples
+                )
                 check = progress.add_task("verify: torch, reference, onnxruntime", total=3 * len(inputs))
-                result = verify(graph, checkpoint.model, model, inputs, labels,
-                                progress=lambda n: progress.advance(check, n))
-        console.print(f"wrote {out_dir}/ (model.onnx, layer_spec.json, weights.bin, report.json) "
-                      f"in {report['export_seconds']:.2f} s")
+                result = verify(
+                    graph, checkpoint.model, model, inputs, labels, progress=lambda n: progress.advance(check, n)
+                )
+        console.print(
+            f"wrote {out_dir}/ (model.onnx, layer_spec.json, weights.bin, report.json) "
+            f"in {report['export_seconds']:.2f} s"
+        )
     except QExportError as error:
         console.print(f"error: {error}", style="red", markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None

@@ -21,8 +21,5 @@ class TargetError(QExportError):
     """An unknown or malformed target file."""
 
 
-class OverflowError_(QExportError):
+class AccumulatorOverflowError(QExportError):
     """An accumulator or requantization result that does not fit its bit width."""
-
-
-AccumulatorOverflowError = OverflowError_

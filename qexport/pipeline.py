@@ -53,7 +53,9 @@ def check_against_target(graph: Graph, target: Target) -> None:
         if node.op in (Op.CONV2D, Op.LINEAR):
             weight = graph.weights[node.attrs["weight"]]
             if weight.format not in target.weight_formats:
-                raise QExportError(f"layer {node.name!r}: weight format {weight.format!r} is not offered by target {target.name!r}")
+                raise QExportError(
+                    f"layer {node.name!r}: weight format {weight.format!r} is not offered by target {target.name!r}"
+                )
 
 
 def layer_table(graph: Graph) -> list[dict[str, Any]]:
@@ -61,13 +63,17 @@ def layer_table(graph: Graph) -> list[dict[str, Any]]:
     rows = []
     for node in graph.nodes:
         row: dict[str, Any] = {
-            "name": node.name, "op": node.op.value,
-            "input": graph.tensors[node.inputs[0]].dtype.name, "output": graph.tensors[node.outputs[0]].dtype.name,
+            "name": node.name,
+            "op": node.op.value,
+            "input": graph.tensors[node.inputs[0]].dtype.name,
+            "output": graph.tensors[node.outputs[0]].dtype.name,
             "shape": list(graph.tensors[node.outputs[0]].shape[1:]),
         }
         if node.op in (Op.CONV2D, Op.LINEAR):
             weight = graph.weights[node.attrs["weight"]]
-            row.update(weight_format=weight.format, weight_type=weight.attrs.get("dtype"), acc_bits=node.attrs.get("acc_bits"))
+            row.update(
+                weight_format=weight.format, weight_type=weight.attrs.get("dtype"), acc_bits=node.attrs.get("acc_bits")
+            )
             row["parameters"] = math.prod(weight.shape)
         if node.op is Op.REQUANTIZE:
             row["pure_shift"] = all(m == 1 for m in node.attrs["multiplier"])
@@ -79,13 +85,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_export(source: Path, target: Target, out_dir: Path, step: Step = lambda _: None) -> tuple[Checkpoint, Graph, onnx.ModelProto, dict[str, Any]]:
+def run_export(
+    source: Path, target: Target, out_dir: Path, step: Step = lambda _: None
+) -> tuple[Checkpoint, Graph, onnx.ModelProto, dict[str, Any]]:
     """Load, lower, export; write model.onnx, layer_spec.json, weights.bin and report.json atomically."""
     started = time.perf_counter()
     step("load checkpoint")
     checkpoint = load_checkpoint(source)
     step("lower to integer IR")
-    graph = lower(checkpoint.model, checkpoint.input_shape, name=checkpoint.architecture, max_acc_bits=target.max_acc_bits)
+    graph = lower(
+        checkpoint.model, checkpoint.input_shape, name=checkpoint.architecture, max_acc_bits=target.max_acc_bits
+    )
     graph.metadata.update(source=Path(source).name, target=target.name, qexport_version=__version__)
     check_against_target(graph, target)
     step("export ONNX")

@@ -23,8 +23,16 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int,
-          batch_size: int = 64, log: Log | None = None) -> nn.Module:
+def train(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 64,
+    log: Log | None = None,
+) -> nn.Module:
     """Adam with cosine decay and cross-entropy; batches drawn from a seeded generator."""
     generator = torch.Generator().manual_seed(seed)
     inputs, labels = torch.from_numpy(x), torch.from_numpy(y)

@@ -86,7 +86,9 @@ def _batches(count: int):
         yield slice(start, min(start + BATCH, count))
 
 
-def torch_integers(model: torch.nn.Module, graph: Graph, inputs: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+def torch_integers(
+    model: torch.nn.Module, graph: Graph, inputs: np.ndarray, progress: Progress | None = None
+) -> np.ndarray:
     """The fake-quantized model's output divided by its step (exact integers when on the grid)."""
     model.eval()
     parts = []
@@ -143,8 +145,9 @@ def layerwise_errors(graph: Graph, inputs: np.ndarray, observed: dict[str, np.nd
     return worst, mismatches / max(total, 1)
 
 
-def compare(path: str, reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None,
-            bound: int | None) -> PathResult:
+def compare(
+    path: str, reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None, bound: int | None
+) -> PathResult:
     error = np.abs(reference - other).reshape(len(reference), -1)
     accuracy = None if labels is None else float((other.argmax(axis=1) == labels).mean())
     return PathResult(
@@ -158,18 +161,32 @@ def compare(path: str, reference: np.ndarray, other: np.ndarray, labels: np.ndar
     )
 
 
-def verify(graph: Graph, model: torch.nn.Module | None, onnx_model: onnx.ModelProto, inputs: np.ndarray,
-           labels: np.ndarray | None = None, progress: Progress | None = None) -> Verification:
+def verify(
+    graph: Graph,
+    model: torch.nn.Module | None,
+    onnx_model: onnx.ModelProto,
+    inputs: np.ndarray,
+    labels: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> Verification:
     """Run the fake-quant torch model, the IR reference and onnxruntime, and compare."""
     exact = all_scales_power_of_two(graph)
     reference = reference_integers(graph, inputs, progress)
     result = Verification(
-        exact_expected=exact, samples=len(inputs),
+        exact_expected=exact,
+        samples=len(inputs),
         reference_accuracy=None if labels is None else float((reference.argmax(axis=1) == labels).mean()),
     )
     if model is not None:
-        result.paths.append(compare("torch fake-quant", reference, torch_integers(model, graph, inputs, progress),
-                                    labels, 0 if exact else None))
+        result.paths.append(
+            compare(
+                "torch fake-quant",
+                reference,
+                torch_integers(model, graph, inputs, progress),
+                labels,
+                0 if exact else None,
+            )
+        )
     observed = onnxruntime_tensors(with_intermediate_outputs(onnx_model, graph), graph, inputs)
     if progress:
         progress(len(inputs))

@@ -26,8 +26,15 @@ from qexport.ir.ops import Op
 
 DEFAULT_NATIVE_BITS = (2, 4, 8, 16)
 NUMPY_TYPES = {
-    (True, 2): ml_dtypes.int2, (False, 2): ml_dtypes.uint2, (True, 4): ml_dtypes.int4, (False, 4): ml_dtypes.uint4,
-    (True, 8): np.int8, (False, 8): np.uint8, (True, 16): np.int16, (False, 16): np.uint16, (True, 32): np.int32,
+    (True, 2): ml_dtypes.int2,
+    (False, 2): ml_dtypes.uint2,
+    (True, 4): ml_dtypes.int4,
+    (False, 4): ml_dtypes.uint4,
+    (True, 8): np.int8,
+    (False, 8): np.uint8,
+    (True, 16): np.int16,
+    (False, 16): np.uint16,
+    (True, 32): np.int32,
 }
 OPSET_FOR_BITS = {2: 25, 4: 21}
 BASE_OPSET = 21
@@ -94,8 +101,12 @@ class _OnnxBuilder:
         low, high = clip if clip else (info.dtype.min, info.dtype.max)
         if (low, high) != (kind.min, kind.max) and (low > kind.min or high < kind.max):
             bounds = [(np.float32(v - zero) * np.float32(info.quant.scale)) for v in (low, high)]
-            source = self.add("Clip", [source, self.constant(f"{tensor}__lo", bounds[0]),
-                                       self.constant(f"{tensor}__hi", bounds[1])], f"{tensor}__clipped", f"{tensor}__clip")
+            source = self.add(
+                "Clip",
+                [source, self.constant(f"{tensor}__lo", bounds[0]), self.constant(f"{tensor}__hi", bounds[1])],
+                f"{tensor}__clipped",
+                f"{tensor}__clip",
+            )
         scale = self.scale(f"{tensor}__scale", info.quant.scale)
         zp = self.constant(f"{tensor}__zp", _typed(zero, kind))
         quantized = self.add("QuantizeLinear", [source, scale, zp], f"{tensor}__q", f"{tensor}__quantize")
@@ -108,7 +119,11 @@ class _OnnxBuilder:
         if weight.format == "int_affine":
             zero_point = np.broadcast_to(np.asarray(weight.attrs.get("zero_point", 0)), (weight.shape[0],))
         values = self.constant(f"{weight.name}__int", _typed(integers, kind))
-        inputs = [values, self.scale(f"{weight.name}__scale", scale), self.constant(f"{weight.name}__zp", _typed(zero_point, kind))]
+        inputs = [
+            values,
+            self.scale(f"{weight.name}__scale", scale),
+            self.constant(f"{weight.name}__zp", _typed(zero_point, kind)),
+        ]
         return self.add("DequantizeLinear", inputs, weight.name, f"{weight.name}__dequantize", axis=0)
 
     def bias(self, node: Node, out_channels: int) -> list[str]:
@@ -117,7 +132,10 @@ class _OnnxBuilder:
             return []
         bias = self.graph.weights[bias_name]
         integers, scale = weight_integers(bias)
-        inputs = [self.constant(f"{bias_name}__int", integers.astype(np.int32)), self.scale(f"{bias_name}__scale", scale)]
+        inputs = [
+            self.constant(f"{bias_name}__int", integers.astype(np.int32)),
+            self.scale(f"{bias_name}__scale", scale),
+        ]
         return [self.add("DequantizeLinear", inputs, bias_name, f"{bias_name}__dequantize", axis=0)]
 
 
@@ -128,8 +146,17 @@ def _lower_node(b: _OnnxBuilder, node: Node) -> None:
         weight = graph.weights[node.attrs["weight"]]
         inputs = [node.inputs[0], b.weight(weight), *b.bias(node, weight.shape[0])]
         if node.op is Op.CONV2D:
-            b.add("Conv", inputs, out, node.name, kernel_shape=list(weight.shape[2:]), strides=node.attrs["stride"],
-                  pads=node.attrs["padding"], dilations=node.attrs["dilation"], group=node.attrs["groups"])
+            b.add(
+                "Conv",
+                inputs,
+                out,
+                node.name,
+                kernel_shape=list(weight.shape[2:]),
+                strides=node.attrs["stride"],
+                pads=node.attrs["padding"],
+                dilations=node.attrs["dilation"],
+                group=node.attrs["groups"],
+            )
         else:
             b.add("Gemm", inputs, out, node.name, transB=1)
     elif node.op is Op.ADD:
@@ -143,12 +170,26 @@ def _lower_node(b: _OnnxBuilder, node: Node) -> None:
     elif node.op is Op.CLIP:
         b.quantize_dequantize(node.inputs[0], out, (node.attrs["clip_min"], node.attrs["clip_max"]))
     elif node.op is Op.MAXPOOL:
-        b.add("MaxPool", node.inputs, out, node.name, kernel_shape=node.attrs["kernel"], strides=node.attrs["stride"],
-              pads=node.attrs["padding"])
+        b.add(
+            "MaxPool",
+            node.inputs,
+            out,
+            node.name,
+            kernel_shape=node.attrs["kernel"],
+            strides=node.attrs["stride"],
+            pads=node.attrs["padding"],
+        )
     elif node.op is Op.AVGPOOL:
-        pooled = b.add("AveragePool", node.inputs, f"{out}__float", node.name, kernel_shape=node.attrs["kernel"],
-                       strides=node.attrs["stride"], pads=node.attrs["padding"],
-                       count_include_pad=int(node.attrs["count_include_pad"]))
+        pooled = b.add(
+            "AveragePool",
+            node.inputs,
+            f"{out}__float",
+            node.name,
+            kernel_shape=node.attrs["kernel"],
+            strides=node.attrs["stride"],
+            pads=node.attrs["padding"],
+            count_include_pad=int(node.attrs["count_include_pad"]),
+        )
         b.quantize_dequantize(pooled, out)
     elif node.op is Op.GLOBAL_AVGPOOL:
         b.quantize_dequantize(b.add("GlobalAveragePool", node.inputs, f"{out}__float", node.name), out)
@@ -179,8 +220,9 @@ def export_onnx(graph: Graph, native_bits: tuple[int, ...] = DEFAULT_NATIVE_BITS
         b.quantize_dequantize(f"{name}__float", name)
     for node in graph.nodes:
         _lower_node(b, node)
-    onnx_graph = helper.make_graph(b.nodes, graph.name, float_inputs, [_value_info(graph, t) for t in graph.outputs],
-                                   b.initializers)
+    onnx_graph = helper.make_graph(
+        b.nodes, graph.name, float_inputs, [_value_info(graph, t) for t in graph.outputs], b.initializers
+    )
     opset = max([BASE_OPSET] + [OPSET_FOR_BITS.get(bits, BASE_OPSET) for bits in b.used_bits])
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="qexport")
     model.ir_version = 10 if opset <= 21 else 11

@@ -38,9 +38,7 @@ def check(weight: Weight) -> None:
         raise GraphError(f"weight {weight.name!r}: exponent outside 0..{max_exponent}")
     frac_bits = int(weight.attrs.get("lut_frac_bits", -1))
     if frac_bits < (max_exponent + 1) // 2 or frac_bits > 24:
-        raise GraphError(
-            f"weight {weight.name!r}: lut_frac_bits must be in {(max_exponent + 1) // 2}..24"
-        )
+        raise GraphError(f"weight {weight.name!r}: lut_frac_bits must be in {(max_exponent + 1) // 2}..24")
     per_channel(weight, "scale")
 
 

@@ -44,7 +44,7 @@ class _Builder:
 
     def add_node(self, op: Op, name: str, inputs: list[str], output: str, dtype: IntType, quant, **attrs) -> str:
         node = Node(op, name, inputs, [output], attrs)
-        shapes = [self.graph.tensors[i].shape for i in inputs[:1 if op is Op.REQUANTIZE else None]]
+        shapes = [self.graph.tensors[i].shape for i in inputs[: 1 if op is Op.REQUANTIZE else None]]
         shape = infer_shape(self.graph, node, shapes)
         self.graph.tensors[output] = TensorInfo(output, dtype, shape, quant)
         self.graph.nodes.append(node)
@@ -67,7 +67,10 @@ def _lower_weighted(b: _Builder, node: fx.Node, x: Quantized) -> Accumulator:
     integers = module.weight_quant.integers(module.weight).to(torch.int64).numpy()
     wq = module.weight_quant
     b.graph.weights[f"{node.target}.weight"] = Weight(
-        f"{node.target}.weight", "int_affine", tuple(integers.shape), {"values": integers},
+        f"{node.target}.weight",
+        "int_affine",
+        tuple(integers.shape),
+        {"values": integers},
         {"dtype": IntType(True, wq.bits).name, "scale": weight_steps.tolist(), "zero_point": 0, "axis": 0},
     )
     acc_scale = x_step * weight_steps
@@ -75,19 +78,27 @@ def _lower_weighted(b: _Builder, node: fx.Node, x: Quantized) -> Accumulator:
     if module.bias is not None:
         bias = module.bias_integers().to(torch.int64).numpy().reshape(out_channels)
         b.graph.weights[f"{node.target}.bias"] = Weight(
-            f"{node.target}.bias", "int_affine", (out_channels,), {"values": bias},
+            f"{node.target}.bias",
+            "int_affine",
+            (out_channels,),
+            {"values": bias},
             {"dtype": "INT32", "scale": acc_scale.tolist(), "zero_point": 0, "axis": 0},
         )
         attrs["bias"] = f"{node.target}.bias"
     if node_kind(b.gm, node) == "qconv":
         pad_h, pad_w = _pair(module.padding)
         op = Op.CONV2D
-        attrs.update(stride=_pair(module.stride), padding=[pad_h, pad_w, pad_h, pad_w],
-                     dilation=_pair(module.dilation), groups=int(module.groups))
+        attrs.update(
+            stride=_pair(module.stride),
+            padding=[pad_h, pad_w, pad_h, pad_w],
+            dilation=_pair(module.dilation),
+            groups=int(module.groups),
+        )
     else:
         op = Op.LINEAR
-    out = b.add_node(op, node.target, [x.tensor], f"{node.name}_acc", INT32,
-                     QuantInfo(acc_scale.tolist(), 0, 1), **attrs)
+    out = b.add_node(
+        op, node.target, [x.tensor], f"{node.name}_acc", INT32, QuantInfo(acc_scale.tolist(), 0, 1), **attrs
+    )
     return Accumulator(out, acc_scale)
 
 
@@ -97,8 +108,16 @@ def _lower_add(b: _Builder, node: fx.Node, lhs: Quantized, rhs: Quantized) -> Ac
     exact = is_power_of_two(max(lhs_step, rhs_step) / small)
     acc_step = small if exact else small / (1 << ADD_ALIGN_BITS)
     lhs_multiplier, rhs_multiplier = round(lhs_step / acc_step), round(rhs_step / acc_step)
-    out = b.add_node(Op.ADD, node.name, [lhs.tensor, rhs.tensor], f"{node.name}_acc", INT32,
-                     QuantInfo(acc_step, 0, 1), lhs_multiplier=lhs_multiplier, rhs_multiplier=rhs_multiplier)
+    out = b.add_node(
+        Op.ADD,
+        node.name,
+        [lhs.tensor, rhs.tensor],
+        f"{node.name}_acc",
+        INT32,
+        QuantInfo(acc_step, 0, 1),
+        lhs_multiplier=lhs_multiplier,
+        rhs_multiplier=rhs_multiplier,
+    )
     channels = b.graph.tensors[out].shape[1]
     return Accumulator(out, np.full(channels, acc_step))
 
@@ -121,15 +140,27 @@ def _lower_requant(b: _Builder, node: fx.Node, acc: Accumulator) -> Quantized:
     if len(set(pairs)) == 1:
         multipliers, shifts = multipliers[:1], shifts[:1]
     low, high = _activation_clip(acc.activation, step, dtype)
-    out = b.add_node(Op.REQUANTIZE, node.target, [acc.tensor], node.name, dtype, QuantInfo(step, 0),
-                     multiplier=multipliers, shift=shifts, clip_min=low, clip_max=high)
+    out = b.add_node(
+        Op.REQUANTIZE,
+        node.target,
+        [acc.tensor],
+        node.name,
+        dtype,
+        QuantInfo(step, 0),
+        multiplier=multipliers,
+        shift=shifts,
+        clip_min=low,
+        clip_max=high,
+    )
     return Quantized(out)
 
 
 def _lower_input(b: _Builder, node: fx.Node, input_shape: tuple[int, ...]) -> Quantized:
     quantizer: LsqQuantizer = b.gm.get_submodule(node.target)
     dtype = IntType(quantizer.signed, quantizer.bits)
-    b.graph.tensors[node.name] = TensorInfo(node.name, dtype, (-1, *input_shape), QuantInfo(float(b.steps(quantizer)[0]), 0))
+    b.graph.tensors[node.name] = TensorInfo(
+        node.name, dtype, (-1, *input_shape), QuantInfo(float(b.steps(quantizer)[0]), 0)
+    )
     b.graph.inputs.append(node.name)
     return Quantized(node.name)
 
@@ -144,19 +175,45 @@ def _lower_pool(b: _Builder, node: fx.Node, kind: str, x: Quantized) -> Quantize
                 raise LoweringError(f"layer {describe(b.gm, node)}: dilation and ceil_mode are not supported")
         else:
             args = list(node.args[1:]) + [None, 0][len(node.args) - 2 :]
-            kernel, stride, padding = node.kwargs.get("kernel_size", args[0]), node.kwargs.get("stride", args[1]), node.kwargs.get("padding", args[2])
+            kernel, stride, padding = (
+                node.kwargs.get("kernel_size", args[0]),
+                node.kwargs.get("stride", args[1]),
+                node.kwargs.get("padding", args[2]),
+            )
         stride = kernel if stride in (None, ()) else stride
         pad = _pair(padding)
-        return Quantized(b.add_node(Op.MAXPOOL, node.name, [x.tensor], node.name, info.dtype, info.quant,
-                                    kernel=_pair(kernel), stride=_pair(stride), padding=[pad[0], pad[1], pad[0], pad[1]]))
+        return Quantized(
+            b.add_node(
+                Op.MAXPOOL,
+                node.name,
+                [x.tensor],
+                node.name,
+                info.dtype,
+                info.quant,
+                kernel=_pair(kernel),
+                stride=_pair(stride),
+                padding=[pad[0], pad[1], pad[0], pad[1]],
+            )
+        )
     pool = b.gm.get_submodule(node.target)
     if pool.kernel_size is None:
         return Quantized(b.add_node(Op.GLOBAL_AVGPOOL, node.name, [x.tensor], node.name, info.dtype, info.quant))
     pad = _pair(pool.padding)
     stride = pool.kernel_size if pool.stride in (None, ()) else pool.stride
-    return Quantized(b.add_node(Op.AVGPOOL, node.name, [x.tensor], node.name, info.dtype, info.quant,
-                                kernel=_pair(pool.kernel_size), stride=_pair(stride),
-                                padding=[pad[0], pad[1], pad[0], pad[1]], count_include_pad=bool(pool.count_include_pad)))
+    return Quantized(
+        b.add_node(
+            Op.AVGPOOL,
+            node.name,
+            [x.tensor],
+            node.name,
+            info.dtype,
+            info.quant,
+            kernel=_pair(pool.kernel_size),
+            stride=_pair(stride),
+            padding=[pad[0], pad[1], pad[0], pad[1]],
+            count_include_pad=bool(pool.count_include_pad),
+        )
+    )
 
 
 def _flatten_start(b: _Builder, node: fx.Node) -> int:
@@ -168,8 +225,9 @@ def _flatten_start(b: _Builder, node: fx.Node) -> int:
     return start if end == -1 else -99
 
 
-def lower(gm: fx.GraphModule, input_shape: tuple[int, ...], name: str = "model",
-          max_acc_bits: int = DEFAULT_MAX_ACC_BITS) -> Graph:
+def lower(
+    gm: fx.GraphModule, input_shape: tuple[int, ...], name: str = "model", max_acc_bits: int = DEFAULT_MAX_ACC_BITS
+) -> Graph:
     """Lower ``gm`` (from ``prepare_qat``, trained) to a checked integer graph."""
     b = _Builder(gm, name)
     env: dict[fx.Node, object] = {}
@@ -187,7 +245,9 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...], name: str = "model",
                 env[node] = _lower_requant(b, node, source)
             elif isinstance(source, Quantized):
                 info = b.graph.tensors[source.tensor]
-                env[node] = _lower_requant(b, node, Accumulator(source.tensor, np.full(info.shape[1], float(info.quant.scale))))
+                env[node] = _lower_requant(
+                    b, node, Accumulator(source.tensor, np.full(info.shape[1], float(info.quant.scale)))
+                )
             else:
                 raise LoweringError(f"layer {where}: quantizer input cannot be lowered")
         elif kind in ("qconv", "qlinear"):
@@ -200,8 +260,18 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...], name: str = "model",
             elif isinstance(args[0], Quantized):
                 info = b.graph.tensors[args[0].tensor]
                 low, high = _activation_clip(kind, float(info.quant.scale), info.dtype)
-                env[node] = Quantized(b.add_node(Op.CLIP, node.name, [args[0].tensor], node.name, info.dtype,
-                                                 info.quant, clip_min=low, clip_max=high))
+                env[node] = Quantized(
+                    b.add_node(
+                        Op.CLIP,
+                        node.name,
+                        [args[0].tensor],
+                        node.name,
+                        info.dtype,
+                        info.quant,
+                        clip_min=low,
+                        clip_max=high,
+                    )
+                )
             else:
                 raise LoweringError(f"layer {where}: activation input cannot be lowered")
         elif kind == "add":
@@ -216,7 +286,9 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...], name: str = "model",
             if not isinstance(args[0], Quantized) or _flatten_start(b, node) != 1:
                 raise LoweringError(f"layer {where}: only flatten(x, 1) of a quantized tensor is supported")
             info = b.graph.tensors[args[0].tensor]
-            env[node] = Quantized(b.add_node(Op.FLATTEN, node.name, [args[0].tensor], node.name, info.dtype, info.quant))
+            env[node] = Quantized(
+                b.add_node(Op.FLATTEN, node.name, [args[0].tensor], node.name, info.dtype, info.quant)
+            )
         elif kind == "identity":
             env[node] = args[0]
         elif kind == "output":

@@ -39,7 +39,9 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
 def _swap_weighted(gm: fx.GraphModule, config: QuantConfig) -> None:
     weighted = [node for node in gm.graph.nodes if node_kind(gm, node) in ("conv", "linear")]
     for index, node in enumerate(weighted):
-        bits = config.first_bits if index == 0 else config.last_bits if index == len(weighted) - 1 else config.weight_bits
+        bits = (
+            config.first_bits if index == 0 else config.last_bits if index == len(weighted) - 1 else config.weight_bits
+        )
         module = gm.get_submodule(node.target)
         cls = QConv2d if isinstance(module, nn.Conv2d) else QLinear
         try:

@@ -18,7 +18,9 @@ MAX_REQUANT_SHIFT = 62
 def _check_attrs(node: Node) -> None:
     (min_inputs, max_inputs), required = OP_SIGNATURES[node.op]
     if not min_inputs <= len(node.inputs) <= max_inputs:
-        raise GraphError(f"node {node.name!r} ({node.op.value}): {len(node.inputs)} inputs, expected {min_inputs}..{max_inputs}")
+        raise GraphError(
+            f"node {node.name!r} ({node.op.value}): {len(node.inputs)} inputs, expected {min_inputs}..{max_inputs}"
+        )
     if len(node.outputs) != 1:
         raise GraphError(f"node {node.name!r} ({node.op.value}): expected exactly one output")
     for key, kind in required.items():
@@ -112,10 +114,15 @@ def check_graph(graph: Graph) -> Graph:
         if tuple(out.shape[1:]) != tuple(expected[1:]):
             raise GraphError(f"node {node.name!r}: output {out.name!r} declared {out.shape}, inferred {expected}")
         if node.op in DTYPE_PRESERVING and out.dtype != in_infos[0].dtype:
-            raise GraphError(f"node {node.name!r}: output type {out.dtype.name} differs from input {in_infos[0].dtype.name}")
+            raise GraphError(
+                f"node {node.name!r}: output type {out.dtype.name} differs from input {in_infos[0].dtype.name}"
+            )
         if node.op is Op.CONCAT and any(info.dtype != out.dtype for info in in_infos):
             raise GraphError(f"node {node.name!r}: concat operands must share the output type {out.dtype.name}")
-        if node.op is Op.CLIP and not out.dtype.min <= node.attrs["clip_min"] <= node.attrs["clip_max"] <= out.dtype.max:
+        if (
+            node.op is Op.CLIP
+            and not out.dtype.min <= node.attrs["clip_min"] <= node.attrs["clip_max"] <= out.dtype.max
+        ):
             raise GraphError(f"node {node.name!r}: clip range outside {out.dtype.name}")
         if node.op is Op.REQUANTIZE:
             _check_requantize(graph, node, in_infos[0].shape[1] if len(in_infos[0].shape) > 1 else 1)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Op(str, Enum):
+class Op(StrEnum):
     CONV2D = "conv2d"
     LINEAR = "linear"
     ADD = "add"

@@ -66,7 +66,7 @@ def infer_shape(graph: Graph, node: Node, shapes: list[tuple[int, ...]]) -> tupl
         if axis < 1 or any(len(s) != len(first) for s in shapes):
             raise GraphError(f"node {node.name!r}: concat needs equal ranks and a non-batch axis")
         for other in shapes[1:]:
-            if any(a != b for i, (a, b) in enumerate(zip(first, other)) if i not in (0, axis)):
+            if any(a != b for i, (a, b) in enumerate(zip(first, other, strict=True)) if i not in (0, axis)):
                 raise GraphError(f"node {node.name!r}: concat operand shapes {first} and {other} differ")
         return (*first[:axis], sum(s[axis] for s in shapes), *first[axis + 1 :])
     raise GraphError(f"node {node.name!r}: no shape rule for op {node.op.value}")

@@ -25,12 +25,8 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name.endswith("_bits") and not (
-                isinstance(value, int) and MIN_QAT_BITS <= value <= MAX_QAT_BITS
-            ):
-                raise QExportError(
-                    f"quant config: {field.name}={value!r} out of range {MIN_QAT_BITS}..{MAX_QAT_BITS}"
-                )
+            if field.name.endswith("_bits") and not (isinstance(value, int) and MIN_QAT_BITS <= value <= MAX_QAT_BITS):
+                raise QExportError(f"quant config: {field.name}={value!r} out of range {MIN_QAT_BITS}..{MAX_QAT_BITS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,10 +19,7 @@ SEARCH_RATIOS = torch.linspace(0.2, 1.0, 33)
 def mse_scale(x: torch.Tensor, qmin: int, qmax: int, channel_dim: int | None) -> torch.Tensor:
     """Step size minimising the quantization MSE over clipping ratios of max|x| (per channel or not)."""
     x = x.detach().float()
-    if channel_dim is None:
-        x = x.reshape(1, -1)
-    else:
-        x = x.transpose(0, channel_dim).reshape(x.shape[channel_dim], -1)
+    x = x.reshape(1, -1) if channel_dim is None else x.transpose(0, channel_dim).reshape(x.shape[channel_dim], -1)
     peak = x.abs().amax(dim=1)
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))  # an all-zero channel keeps a unit range
     best_err = torch.full_like(peak, float("inf"))

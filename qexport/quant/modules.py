@@ -58,32 +58,37 @@ class QConv2d(nn.Conv2d, _QuantWeighted):
     def __init__(self, *args, weight_bits: int = 4, per_channel: bool = True, pow2: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         channels = self.out_channels if per_channel else 1
-        self.weight_quant = LsqQuantizer(
-            weight_bits, True, channels, 0 if per_channel else None, pow2=pow2
-        )
+        self.weight_quant = LsqQuantizer(weight_bits, True, channels, 0 if per_channel else None, pow2=pow2)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, **quant_kwargs) -> QConv2d:
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("only numeric zero padding is supported")
         layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, **quant_kwargs,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            **quant_kwargs,
         )
         layer.load_state_dict(conv.state_dict(), strict=False)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.quant_weight(), self.quant_bias(), self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(
+            x, self.quant_weight(), self.quant_bias(), self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class QLinear(nn.Linear, _QuantWeighted):
     def __init__(self, *args, weight_bits: int = 4, per_channel: bool = True, pow2: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         channels = self.out_features if per_channel else 1
-        self.weight_quant = LsqQuantizer(
-            weight_bits, True, channels, 0 if per_channel else None, pow2=pow2
-        )
+        self.weight_quant = LsqQuantizer(weight_bits, True, channels, 0 if per_channel else None, pow2=pow2)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **quant_kwargs) -> QLinear:
@@ -107,6 +112,8 @@ class QAvgPool2d(nn.Module, InputQuantRef):
         if self.kernel_size is None:
             pooled = F.adaptive_avg_pool2d(x, 1)
         else:
-            pooled = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, count_include_pad=self.count_include_pad)
+            pooled = F.avg_pool2d(
+                x, self.kernel_size, self.stride, self.padding, count_include_pad=self.count_include_pad
+            )
         step = self.input_quant.step().reshape(())
         return round_ste(pooled / step) * step

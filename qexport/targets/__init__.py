@@ -34,14 +34,19 @@ def load_target(name_or_path: str) -> Target:
         text = resources.files("qexport.targets").joinpath(f"{name_or_path}.toml").read_text()
         where = f"target {name_or_path!r}"
     else:
-        raise TargetError(f"unknown target {name_or_path!r} (available: {', '.join(available_targets())}, or a .toml path)")
+        raise TargetError(
+            f"unknown target {name_or_path!r} (available: {', '.join(available_targets())}, or a .toml path)"
+        )
     try:
         data = tomllib.loads(text)
         export = data["export"]
         target = Target(
-            name=str(data["name"]), description=str(data.get("description", "")),
+            name=str(data["name"]),
+            description=str(data.get("description", "")),
             onnx_native_bits=tuple(int(b) for b in export["onnx_native_bits"]),
-            max_acc_bits=int(export["max_acc_bits"]), weight_formats=tuple(export["weight_formats"]), raw=data,
+            max_acc_bits=int(export["max_acc_bits"]),
+            weight_formats=tuple(export["weight_formats"]),
+            raw=data,
         )
     except tomllib.TOMLDecodeError as error:
         raise TargetError(f"{where}: invalid TOML ({error})") from None

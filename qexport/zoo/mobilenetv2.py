@@ -6,7 +6,15 @@ import torch
 from torch import nn
 
 # expansion t, output channels c, repeats n, first stride s (CIFAR variant: early strides 1)
-DEFAULT_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+DEFAULT_SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -38,8 +46,15 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, num_classes: int = 10, width: float = 1.0, in_channels: int = 3, image_size: int = 32,
-                 settings: tuple = DEFAULT_SETTINGS, last_channels: int = 1280):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: float = 1.0,
+        in_channels: int = 3,
+        image_size: int = 32,
+        settings: tuple = DEFAULT_SETTINGS,
+        last_channels: int = 1280,
+    ):
         super().__init__()
         self.input_shape = (in_channels, image_size, image_size)
         channels = _scaled(32, width)

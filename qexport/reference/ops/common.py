@@ -26,4 +26,13 @@ def windows(x: np.ndarray, node: Node, kernel: list[int], dilation: list[int]):
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             top, left = i * dilation[0], j * dilation[1]
-            yield i, j, x[:, :, top : top + stride[0] * (out_h - 1) + 1 : stride[0], left : left + stride[1] * (out_w - 1) + 1 : stride[1]]
+            yield (
+                i,
+                j,
+                x[
+                    :,
+                    :,
+                    top : top + stride[0] * (out_h - 1) + 1 : stride[0],
+                    left : left + stride[1] * (out_w - 1) + 1 : stride[1],
+                ],
+            )
