@@ -38,9 +38,8 @@ def verification_table(result: Verification) -> Table:
             "-" if path.accuracy is None else f"{path.accuracy:.2%}",
             "reported" if path.bound_lsb is None else ("ok" if path.ok else f"FAIL (bound {path.bound_lsb})"),
         )
-    table.caption = (
-        f"onnxruntime layer by layer: max {result.layerwise_max_error_lsb} LSB, "
-        f"mismatch rate {result.layerwise_mismatch_rate:.2e}"
+    table.caption = "layer by layer (each layer fed the path's own inputs): " + "; ".join(
+        f"{path} max {worst} LSB, mismatch rate {rate:.2e}" for path, (worst, rate) in result.layerwise.items()
     )
     return table
 
@@ -93,11 +92,11 @@ def main(
             f"in {report['export_seconds']:.2f} s"
         )
     except QExportError as error:
-        console.print(f"error: {error}", style="red", markup=False, highlight=False)
+        console.print(f"error: {error}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     if verify_outputs:
         add_verification(out_dir, report, result.to_dict())
         Console().print(verification_table(result))
         if not result.ok:
-            console.print("error: integer paths disagree beyond the documented bound", style="red")
+            console.print("error: integer paths disagree beyond the documented bound", style="red", soft_wrap=True)
             raise typer.Exit(EXIT_VERIFY_FAILED)

@@ -32,6 +32,8 @@ Step = Callable[[str], None]
 def atomic_directory(destination: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; move it to ``destination`` only if the block succeeds."""
     destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise QExportError(f"{destination}: output path exists and is not a directory")
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:

@@ -21,6 +21,7 @@ from qexport.export.onnx_qdq import with_intermediate_outputs
 from qexport.formats import get_format
 from qexport.frontend.requant import is_power_of_two
 from qexport.ir.graph import Graph
+from qexport.ir.ops import Op
 from qexport.reference import quantize_input, run_graph, run_node
 
 BATCH = 64
@@ -50,13 +51,12 @@ class Verification:
     samples: int
     reference_accuracy: float | None
     paths: list[PathResult] = field(default_factory=list)
-    layerwise_max_error_lsb: int = 0
-    layerwise_mismatch_rate: float = 0.0
+    layerwise: dict[str, tuple[int, float]] = field(default_factory=dict)  # path -> (max LSB, mismatch rate)
 
     @property
     def ok(self) -> bool:
         layer_bound = 0 if self.exact_expected else LAYERWISE_BOUND_LSB
-        return all(p.ok for p in self.paths) and self.layerwise_max_error_lsb <= layer_bound
+        return all(p.ok for p in self.paths) and all(worst <= layer_bound for worst, _ in self.layerwise.values())
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -98,6 +98,29 @@ def torch_integers(
             if progress:
                 progress(part.stop - part.start)
     return _to_int(graph, graph.outputs[0], np.concatenate(parts))
+
+
+def torch_tensors(model: torch.fx.GraphModule, graph: Graph, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every on-grid tensor of the fake-quantized model (captured by forward hooks) as IR integers."""
+    accumulators = {node.outputs[0] for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR, Op.ADD)}
+    wanted = {
+        node.target: node.name
+        for node in model.graph.nodes
+        if node.op == "call_module" and node.name in graph.tensors and node.name not in accumulators
+    }
+    captured: dict[str, list[np.ndarray]] = {name: [] for name in wanted.values()}
+    hooks = [
+        model.get_submodule(target).register_forward_hook(
+            lambda _m, _i, out, name=name: captured[name].append(out.detach().numpy())
+        )
+        for target, name in wanted.items()
+    ]
+    try:
+        torch_integers(model, graph, inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: _to_int(graph, name, np.concatenate(parts)) for name, parts in captured.items() if parts}
 
 
 def reference_integers(graph: Graph, inputs: np.ndarray, progress: Progress | None = None) -> np.ndarray:
@@ -177,19 +200,16 @@ def verify(
         samples=len(inputs),
         reference_accuracy=None if labels is None else float((reference.argmax(axis=1) == labels).mean()),
     )
+    observed_paths = {}
     if model is not None:
-        result.paths.append(
-            compare(
-                "torch fake-quant",
-                reference,
-                torch_integers(model, graph, inputs, progress),
-                labels,
-                0 if exact else None,
-            )
-        )
-    observed = onnxruntime_tensors(with_intermediate_outputs(onnx_model, graph), graph, inputs)
+        observed_paths["torch fake-quant"] = torch_tensors(model, graph, inputs)
     if progress:
         progress(len(inputs))
-    result.paths.append(compare("onnxruntime", reference, observed[graph.outputs[0]], labels, 0 if exact else None))
-    result.layerwise_max_error_lsb, result.layerwise_mismatch_rate = layerwise_errors(graph, inputs, observed)
+    observed_paths["onnxruntime"] = onnxruntime_tensors(with_intermediate_outputs(onnx_model, graph), graph, inputs)
+    if progress:
+        progress(len(inputs))
+    bound = 0 if exact else None
+    for path, observed in observed_paths.items():
+        result.paths.append(compare(path, reference, observed[graph.outputs[0]], labels, bound))
+        result.layerwise[path] = layerwise_errors(graph, inputs, observed)
     return result

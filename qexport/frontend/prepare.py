@@ -146,6 +146,9 @@ def prepare_qat(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
         gm = fx.symbolic_trace(model)
     except Exception as error:  # noqa: BLE001 - fx raises many types; report them in one line
         raise LoweringError(f"model {type(model).__name__}: torch.fx cannot trace it ({error})") from None
+    for node in gm.graph.nodes:
+        if node_kind(gm, node) == "unsupported":
+            raise LoweringError(f"layer {describe(gm, node)}: unsupported operation for integer lowering")
     _fold_batchnorm(gm)
     _swap_weighted(gm, config)
     _swap_avgpools(gm)

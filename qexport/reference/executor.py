@@ -75,6 +75,10 @@ def run_graph(graph: Graph, feeds: dict[str, np.ndarray], keep_all: bool = False
         feed = np.asarray(feeds[name], dtype=np.int64)
         if feed.shape[1:] != tuple(info.shape[1:]):
             raise QExportError(f"input {name!r}: shape {feed.shape} does not match {info.shape}")
+        if feed.size and (feed.min() < info.dtype.min or feed.max() > info.dtype.max):
+            raise QExportError(
+                f"input {name!r}: values [{feed.min()}, {feed.max()}] outside its type {info.dtype.name}"
+            )
         values[name] = feed
     for node in graph.nodes:
         values[node.outputs[0]] = run_node(graph, node, [values[name] for name in node.inputs])
