@@ -36,6 +36,10 @@ def _check_attrs(node: Node) -> None:
             raise GraphError(f"node {node.name!r}: attribute {key!r} must be two positive integers")
     if "padding" in node.attrs and (len(node.attrs["padding"]) != 4 or min(node.attrs["padding"]) < 0):
         raise GraphError(f"node {node.name!r}: attribute 'padding' must be four non-negative integers")
+    if node.op in (Op.MAXPOOL, Op.AVGPOOL):
+        kernel, padding = node.attrs["kernel"], node.attrs["padding"]
+        if any(pad > kernel[axis % 2] // 2 for axis, pad in enumerate(padding)):
+            raise GraphError(f"node {node.name!r}: pooling padding must be at most half the kernel")
     if node.op is Op.CONV2D and node.attrs["groups"] < 1:
         raise GraphError(f"node {node.name!r}: groups must be >= 1")
 

@@ -1,0 +1,284 @@
+"""Run an IR graph on the hwsim kernels, batched, collecting per-layer counters.
+
+Two modes, both bit-exact and both tested against the IR reference:
+
+* ``faithful``: every product goes through the MAC unit of its weight format (multiplier,
+  shift, shift + LUT, codebook product LUT or per-level accumulation) in @njit kernels.
+* ``fast`` (default): linear formats, and each exponent class of powers of sqrt(2), are an
+  integer GEMM; when a layer's static bound on every partial sum is below 2**24 (2**53)
+  it runs as a float32 (float64) BLAS GEMM, which is then exact. Grouped convolutions and
+  layers past the bound use the faithful kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from hwsim.counters import LayerCounts, layer_counts
+from hwsim.kernels import mac, pool, requant
+from hwsim.kernels.config import set_threads
+from hwsim.kernels.im2col import im2col
+from hwsim.weights import MacWeights, decode, product_lut, sqrt2_lut
+from qexport.errors import QExportError
+from qexport.ir.checker import check_graph
+from qexport.ir.graph import Graph, Node
+from qexport.ir.ops import Op
+
+FLOAT32_EXACT = 2**24
+FLOAT64_EXACT = 2**53
+
+
+@dataclass
+class GemmTerm:
+    table: np.ndarray | None  # activation -> product (None: identity)
+    coeff: np.ndarray  # [O, K] float
+    dtype: type
+
+
+@dataclass
+class WeightedPlan:
+    mac: MacWeights
+    x_min: int
+    x_max: int
+    zero_point: int
+    bias: np.ndarray
+    groups: int
+    kernel: tuple[int, int]
+    gemm_terms: list[GemmTerm] | None  # None: use the faithful kernel
+    lut: np.ndarray | None = None
+    product_table: np.ndarray | None = None
+
+
+def _float_type(bound: int) -> type | None:
+    if bound < FLOAT32_EXACT:
+        return np.float32
+    if bound < FLOAT64_EXACT:
+        return np.float64
+    return None
+
+
+def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int) -> list[GemmTerm] | None:
+    """Split the layer into exact GEMMs: one for linear formats, one per exponent for sqrt(2) powers."""
+    largest_x = max(abs(x_min), abs(x_max))
+    if mac_weights.integer is not None:
+        pieces = [(None, mac_weights.integer, largest_x)]
+    else:
+        lut = sqrt2_lut(mac_weights.frac_bits, int(mac_weights.exponent.max(initial=0)), x_min, x_max)
+        xs = np.arange(x_min, x_max + 1, dtype=np.int64)
+        pieces = []
+        for e in np.unique(mac_weights.exponent[mac_weights.sign != 0]):
+            table = xs << (mac_weights.frac_bits - e // 2) if e % 2 == 0 else lut[:, e // 2]
+            coeff = np.where(mac_weights.exponent == e, mac_weights.sign, 0)
+            pieces.append((table, coeff, int(np.abs(table).max())))
+    terms = []
+    for table, coeff, largest in pieces:
+        dtype = _float_type(largest * int(np.abs(coeff).sum(axis=1).max(initial=0)))
+        if dtype is None:
+            return None
+        terms.append(GemmTerm(table, coeff.astype(dtype), dtype))
+    return terms
+
+
+class Engine:
+    """Bit-accurate executor of a checked IR graph."""
+
+    def __init__(self, graph: Graph, mode: str = "fast", codebook_style: str = "lut", threads: int | None = None):
+        if mode not in ("fast", "faithful"):
+            raise QExportError(f"hwsim: unknown mode {mode!r} (fast, faithful)")
+        if codebook_style not in ("lut", "per_level"):
+            raise QExportError(f"hwsim: unknown codebook style {codebook_style!r} (lut, per_level)")
+        self.graph = check_graph(graph)
+        self.mode, self.codebook_style, self.threads = mode, codebook_style, threads
+        self.plans = {node.name: self._plan(node) for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR)}
+
+    def _plan(self, node: Node) -> WeightedPlan:
+        graph = self.graph
+        info = graph.tensors[node.inputs[0]]
+        zero_point = info.quant.zero_point if info.quant else 0
+        x_min, x_max = info.dtype.min - zero_point, info.dtype.max - zero_point
+        weight = graph.weights[node.attrs["weight"]]
+        mac_weights = decode(weight)
+        bias = np.zeros(mac_weights.rows, dtype=np.int64)
+        if node.attrs.get("bias"):
+            bias_weight = graph.weights[node.attrs["bias"]]
+            bias = decode(bias_weight).integer.reshape(-1)
+        groups = node.attrs.get("groups", 1)
+        kernel = tuple(weight.shape[2:]) if node.op is Op.CONV2D else (1, 1)
+        gemm = _gemm_terms(mac_weights, x_min, x_max) if self.mode == "fast" and groups == 1 else None
+        plan = WeightedPlan(mac_weights, x_min, x_max, zero_point, bias, groups, kernel, gemm)
+        if mac_weights.kind == "shift_lut":
+            plan.lut = sqrt2_lut(mac_weights.frac_bits, int(weight.attrs["max_exponent"]), x_min, x_max)
+        if mac_weights.kind == "codebook" and self.codebook_style == "lut":
+            plan.product_table = product_lut(mac_weights.levels, x_min, x_max)
+        return plan
+
+    # --- weighted layers -------------------------------------------------------------
+    def _patches(self, node: Node, x: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+        if node.op is Op.LINEAR:
+            return np.ascontiguousarray(x)
+        plan = self.plans[node.name]
+        stride, dilation, padding = node.attrs["stride"], node.attrs["dilation"], node.attrs["padding"]
+        return im2col(
+            np.ascontiguousarray(x),
+            plan.kernel[0],
+            plan.kernel[1],
+            stride[0],
+            stride[1],
+            dilation[0],
+            dilation[1],
+            padding[0],
+            padding[1],
+            out_shape[2],
+            out_shape[3],
+            x.dtype.type(0),
+        )
+
+    def _faithful(self, plan: WeightedPlan, patches: np.ndarray, rows: slice) -> np.ndarray:
+        w = plan.mac
+        if w.kind == "multiply":
+            return mac.mac_multiply(patches, w.integer[rows])
+        if w.kind == "shift" and w.shift is not None:
+            return mac.mac_shift(patches, w.sign[rows], w.shift[rows])
+        if w.kind == "shift":  # apot: several shifts per weight, summed into one integer weight
+            return mac.mac_multiply(patches, w.integer[rows])
+        if w.kind == "shift_lut":
+            return mac.mac_shift_lut(patches, w.sign[rows], w.exponent[rows], w.frac_bits, plan.lut, plan.x_min)
+        if self.codebook_style == "per_level":
+            return mac.mac_per_level(patches, w.indices[rows], w.levels[rows])
+        return mac.mac_product_lut(patches, w.indices[rows], plan.product_table[rows], plan.x_min)
+
+    def _weighted(self, node: Node, x: np.ndarray) -> np.ndarray:
+        plan = self.plans[node.name]
+        out_shape = (x.shape[0], *self.graph.tensors[node.outputs[0]].shape[1:])
+        centred = x - plan.zero_point
+        if plan.gemm_terms is not None:
+            acc = None
+            for term in plan.gemm_terms:
+                values = centred if term.table is None else term.table[centred - plan.x_min]
+                product = self._patches(node, values.astype(term.dtype), out_shape) @ term.coeff.T
+                acc = product.astype(np.int64) if acc is None else acc + product.astype(np.int64)
+        else:
+            channels_per_group = x.shape[1] // plan.groups
+            rows_per_group = plan.mac.rows // plan.groups
+            parts = []
+            for g in range(plan.groups):
+                group_input = centred[:, g * channels_per_group : (g + 1) * channels_per_group]
+                patches = self._patches(node, np.ascontiguousarray(group_input), out_shape)
+                parts.append(self._faithful(plan, patches, slice(g * rows_per_group, (g + 1) * rows_per_group)))
+            acc = np.concatenate(parts, axis=1)
+        if node.op is Op.CONV2D:
+            acc = acc.reshape(out_shape[0], out_shape[2], out_shape[3], out_shape[1]).transpose(0, 3, 1, 2)
+        acc = acc + plan.bias.reshape((1, -1) + (1,) * (len(out_shape) - 2))
+        return np.ascontiguousarray(acc)
+
+    # --- other ops ---------------------------------------------------------------------
+    def _zero_point(self, tensor: str) -> int:
+        quant = self.graph.tensors[tensor].quant
+        return quant.zero_point if quant else 0
+
+    def _requantize(self, node: Node, values: list[np.ndarray]) -> tuple[np.ndarray, int]:
+        acc = values[0]
+        channels = acc.shape[1] if acc.ndim > 1 else 1
+        multiplier = np.broadcast_to(np.asarray(node.attrs["multiplier"], dtype=np.int64), (channels,)).copy()
+        shift = np.broadcast_to(np.asarray(node.attrs["shift"], dtype=np.int64), (channels,)).copy()
+        dynamic = values[1].astype(np.int64).reshape(-1) if len(values) == 2 else np.zeros(0, dtype=np.int64)
+        shaped = np.ascontiguousarray(acc.reshape(acc.shape[0], channels, -1), dtype=np.int64)
+        out, clipped = requant.requantize(
+            shaped,
+            multiplier,
+            shift,
+            dynamic,
+            self._zero_point(node.outputs[0]),
+            node.attrs["clip_min"],
+            node.attrs["clip_max"],
+        )
+        return out.reshape(acc.shape), int(clipped)
+
+    def _pool(self, node: Node, x: np.ndarray) -> np.ndarray:
+        out_shape = self.graph.tensors[node.outputs[0]].shape
+        if node.op is Op.GLOBAL_AVGPOOL:
+            kernel, stride, padding, count_pad = x.shape[2:], (1, 1), (0, 0), True
+        else:
+            kernel, stride = node.attrs["kernel"], node.attrs["stride"]
+            padding, count_pad = node.attrs["padding"], node.attrs.get("count_include_pad", True)
+        return pool.pool2d(
+            np.ascontiguousarray(x),
+            kernel[0],
+            kernel[1],
+            stride[0],
+            stride[1],
+            padding[0],
+            padding[1],
+            out_shape[2],
+            out_shape[3],
+            node.op is Op.MAXPOOL,
+            count_pad,
+            self._zero_point(node.inputs[0]),
+        )
+
+    def _run_node(self, node: Node, values: list[np.ndarray], counts: LayerCounts) -> np.ndarray:
+        op = node.op
+        if op in (Op.CONV2D, Op.LINEAR):
+            return self._weighted(node, values[0])
+        if op is Op.REQUANTIZE:
+            out, counts.saturations = self._requantize(node, values)
+            return out
+        if op is Op.ADD:
+            lhs = values[0] - self._zero_point(node.inputs[0])
+            rhs = values[1] - self._zero_point(node.inputs[1])
+            return lhs * node.attrs["lhs_multiplier"] + rhs * node.attrs["rhs_multiplier"]
+        if op in (Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL):
+            return self._pool(node, values[0])
+        if op is Op.RELU:
+            return np.maximum(values[0], self._zero_point(node.inputs[0]))
+        if op is Op.CLIP:
+            return np.clip(values[0], node.attrs["clip_min"], node.attrs["clip_max"])
+        if op is Op.FLATTEN:
+            return values[0].reshape(values[0].shape[0], -1)
+        if op is Op.RESHAPE:
+            return values[0].reshape(values[0].shape[0], *node.attrs["shape"])
+        return np.concatenate(values, axis=node.attrs["axis"])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[LayerCounts]]:
+        """Execute on integer inputs; return (outputs, per-layer counters for this batch)."""
+        set_threads(self.threads)
+        batch = len(next(iter(feeds.values())))
+        counts = layer_counts(self.graph, batch, self.codebook_style)
+        values: dict[str, np.ndarray] = {}
+        for name in self.graph.inputs:
+            feed = np.asarray(feeds[name], dtype=np.int64)
+            if feed.shape[1:] != tuple(self.graph.tensors[name].shape[1:]):
+                raise QExportError(
+                    f"hwsim: input {name!r} has shape {feed.shape}, expected {self.graph.tensors[name].shape}"
+                )
+            values[name] = feed
+        with threadpool_limits(self.threads):
+            for node, layer in zip(self.graph.nodes, counts, strict=True):
+                result = self._run_node(node, [values[name] for name in node.inputs], layer)
+                info = self.graph.tensors[node.outputs[0]]
+                layer.overflow_events = int(np.count_nonzero((result < info.dtype.min) | (result > info.dtype.max)))
+                values[node.outputs[0]] = result
+        return {name: values[name] for name in self.graph.outputs}, counts
+
+
+def quantize(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:
+    """ONNX QuantizeLinear's rule (float32 division, ties to even, saturate)."""
+    info = graph.tensors[name]
+    scaled = np.rint(np.asarray(values, dtype=np.float32) / np.float32(info.quant.scale))
+    return np.clip(scaled.astype(np.int64) + info.quant.zero_point, info.dtype.min, info.dtype.max)
+
+
+def dequantize(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:
+    """ONNX DequantizeLinear's rule: float32(q - zero_point) * float32(scale)."""
+    quant = graph.tensors[name].quant
+    return (values - quant.zero_point).astype(np.float32) * np.float32(quant.scale)
+
+
+def total(counts: list[LayerCounts], field: str) -> int:
+    return int(sum(getattr(layer, field) for layer in counts))
+
+
+__all__ = ["Engine", "dequantize", "quantize", "total"]

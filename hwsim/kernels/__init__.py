@@ -1,0 +1,1 @@
+"""@njit kernels only: arrays and scalars in, arrays out. Flags come from ``hwsim.kernels.config``."""
