@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from hwsim.counters import LayerCounts, layer_counts
 from hwsim.kernels import mac, pool, requant
 from hwsim.kernels.config import set_threads
+from hwsim.kernels import im2col as im2col_kernels
 from hwsim.kernels.im2col import im2col
 from hwsim.weights import MacWeights, decode, product_lut, sqrt2_lut
 from qexport.errors import QExportError
@@ -34,7 +35,7 @@ FLOAT64_EXACT = 2**53
 @dataclass
 class GemmTerm:
     table: np.ndarray | None  # activation -> product (None: identity)
-    coeff: np.ndarray  # [O, K] float
+    coeff_t: np.ndarray  # [K, O] float; conv columns in (kh, kw, c) order to match NHWC windows
     dtype: type
 
 
@@ -60,7 +61,7 @@ def _float_type(bound: int) -> type | None:
     return None
 
 
-def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int) -> list[GemmTerm] | None:
+def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int, shape: tuple[int, ...]) -> list[GemmTerm] | None:
     """Split the layer into exact GEMMs: one for linear formats, one per exponent for sqrt(2) powers."""
     largest_x = max(abs(x_min), abs(x_max))
     if mac_weights.integer is not None:
@@ -78,7 +79,9 @@ def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int) -> list[GemmTer
         dtype = _float_type(largest * int(np.abs(coeff).sum(axis=1).max(initial=0)))
         if dtype is None:
             return None
-        terms.append(GemmTerm(table, coeff.astype(dtype), dtype))
+        if len(shape) == 4:  # [O, C, KH, KW] -> columns (KH, KW, C)
+            coeff = coeff.reshape(shape).transpose(0, 2, 3, 1).reshape(shape[0], -1)
+        terms.append(GemmTerm(table, np.ascontiguousarray(coeff.T.astype(dtype)), dtype))
     return terms
 
 
@@ -93,6 +96,53 @@ class Engine:
         self.graph = check_graph(graph)
         self.mode, self.codebook_style, self.threads = mode, codebook_style, threads
         self.plans = {node.name: self._plan(node) for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR)}
+        self.fused = self._fusable_requants()
+
+    def _fusable_requants(self) -> dict[str, Node]:
+        """Single-GEMM layers whose accumulator feeds exactly one requantize: run as one fused step."""
+        fused = {}
+        for name, plan in self.plans.items():
+            node = self.graph.node(name)
+            consumers = self.graph.consumers(node.outputs[0])
+            if (
+                plan.gemm_terms is not None
+                and len(plan.gemm_terms) == 1
+                and len(consumers) == 1
+                and consumers[0].op is Op.REQUANTIZE
+                and len(consumers[0].inputs) == 1
+                and node.outputs[0] not in self.graph.outputs
+            ):
+                fused[name] = consumers[0]
+        return fused
+
+    def _fused_requant(self, node: Node, requant_node: Node, x: np.ndarray, counts: list[LayerCounts]) -> np.ndarray:
+        plan = self.plans[node.name]
+        out_info = self.graph.tensors[requant_node.outputs[0]]
+        acc_info = self.graph.tensors[node.outputs[0]]
+        out_shape = (x.shape[0], *acc_info.shape[1:])
+        acc = self._gemm(node, x, plan, plan.gemm_terms[0], out_shape)
+        channels = out_shape[1]
+        multiplier = np.broadcast_to(np.asarray(requant_node.attrs["multiplier"], dtype=np.int64), (channels,)).copy()
+        shift = np.broadcast_to(np.asarray(requant_node.attrs["shift"], dtype=np.int64), (channels,)).copy()
+        height, width = (out_shape[2], out_shape[3]) if len(out_shape) == 4 else (1, 1)
+        out = np.empty((out_shape[0], channels, height, width), dtype=np.int64)
+        clipped, overflows = requant.requantize_gemm(
+            acc,
+            plan.bias,
+            multiplier,
+            shift,
+            out_info.quant.zero_point if out_info.quant else 0,
+            requant_node.attrs["clip_min"],
+            requant_node.attrs["clip_max"],
+            acc_info.dtype.min,
+            acc_info.dtype.max,
+            out_shape[0],
+            height,
+            width,
+            out,
+        )
+        counts[0].overflow_events, counts[1].saturations = int(overflows), int(clipped)
+        return out.reshape((out_shape[0], channels, height, width)[: len(out_shape)])
 
     def _plan(self, node: Node) -> WeightedPlan:
         graph = self.graph
@@ -107,7 +157,8 @@ class Engine:
             bias = decode(bias_weight).integer.reshape(-1)
         groups = node.attrs.get("groups", 1)
         kernel = tuple(weight.shape[2:]) if node.op is Op.CONV2D else (1, 1)
-        gemm = _gemm_terms(mac_weights, x_min, x_max) if self.mode == "fast" and groups == 1 else None
+        fast = self.mode == "fast" and groups == 1
+        gemm = _gemm_terms(mac_weights, x_min, x_max, tuple(weight.shape)) if fast else None
         plan = WeightedPlan(mac_weights, x_min, x_max, zero_point, bias, groups, kernel, gemm)
         if mac_weights.kind == "shift_lut":
             plan.lut = sqrt2_lut(mac_weights.frac_bits, int(weight.attrs["max_exponent"]), x_min, x_max)
@@ -136,6 +187,35 @@ class Engine:
             x.dtype.type(0),
         )
 
+    def _gemm(self, node: Node, x: np.ndarray, plan: WeightedPlan, term: GemmTerm, out_shape) -> np.ndarray:
+        """One exact float GEMM: rows (n, i, j) x output channels."""
+        if node.op is Op.LINEAR:
+            centred = x - plan.zero_point
+            values = centred if term.table is None else term.table[centred - plan.x_min]
+            return values.astype(term.dtype) @ term.coeff_t
+        top, left, bottom, right = node.attrs["padding"]
+        batch, channels, height, width = x.shape
+        padded = np.zeros((batch, height + top + bottom, width + left + right, channels), dtype=term.dtype)
+        if term.table is None:
+            im2col_kernels.pack_nhwc(x, plan.zero_point, top, left, bottom, right, padded)
+        else:
+            im2col_kernels.pack_nhwc_table(
+                x, term.table.astype(term.dtype), plan.zero_point + plan.x_min, top, left, padded
+            )
+        stride, dilation = node.attrs["stride"], node.attrs["dilation"]
+        patches = im2col_kernels.im2col_nhwc(
+            padded,
+            plan.kernel[0],
+            plan.kernel[1],
+            stride[0],
+            stride[1],
+            dilation[0],
+            dilation[1],
+            out_shape[2],
+            out_shape[3],
+        )
+        return patches @ term.coeff_t
+
     def _faithful(self, plan: WeightedPlan, patches: np.ndarray, rows: slice) -> np.ndarray:
         w = plan.mac
         if w.kind == "multiply":
@@ -157,9 +237,8 @@ class Engine:
         if plan.gemm_terms is not None:
             acc = None
             for term in plan.gemm_terms:
-                values = centred if term.table is None else term.table[centred - plan.x_min]
-                product = self._patches(node, values.astype(term.dtype), out_shape) @ term.coeff.T
-                acc = product.astype(np.int64) if acc is None else acc + product.astype(np.int64)
+                product = self._gemm(node, x, plan, term, out_shape).astype(np.int64)
+                acc = product if acc is None else acc + product
         else:
             channels_per_group = x.shape[1] // plan.groups
             rows_per_group = plan.mac.rows // plan.groups
@@ -255,9 +334,20 @@ class Engine:
                     f"hwsim: input {name!r} has shape {feed.shape}, expected {self.graph.tensors[name].shape}"
                 )
             values[name] = feed
+        by_name = {layer.name: layer for layer in counts}
+        skip: set[str] = set()
         with threadpool_limits(self.threads):
             for node, layer in zip(self.graph.nodes, counts, strict=True):
-                result = self._run_node(node, [values[name] for name in node.inputs], layer)
+                if node.name in skip:
+                    continue
+                inputs = [values[name] for name in node.inputs]
+                if node.name in self.fused:
+                    requant_node = self.fused[node.name]
+                    pair = [layer, by_name[requant_node.name]]
+                    values[requant_node.outputs[0]] = self._fused_requant(node, requant_node, inputs[0], pair)
+                    skip.add(requant_node.name)
+                    continue
+                result = self._run_node(node, inputs, layer)
                 info = self.graph.tensors[node.outputs[0]]
                 layer.overflow_events = int(np.count_nonzero((result < info.dtype.min) | (result > info.dtype.max)))
                 values[node.outputs[0]] = result

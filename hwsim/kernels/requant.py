@@ -45,3 +45,35 @@ def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
                     clipped[n] += 1
                 out[n, c, p] = value
     return out, clipped.sum()
+
+
+@njit(**PARALLEL)
+def requantize_gemm(
+    acc, bias, multiplier, shift, zero_point, clip_min, clip_max, acc_min, acc_max, batch, out_h, out_w, out
+):
+    """Fused bias + requantize of a GEMM result acc[(n, i, j), o] (exact integers held in floats).
+
+    Writes out[n, o, i, j]; returns (clipped count, accumulator overflow count).
+    """
+    rows, channels = acc.shape
+    clipped = np.zeros(batch, dtype=np.int64)
+    overflows = np.zeros(batch, dtype=np.int64)
+    per_image = out_h * out_w
+    for n in prange(batch):
+        for p in range(per_image):
+            row = n * per_image + p
+            i = p // out_w
+            j = p % out_w
+            for o in range(channels):
+                value = np.int64(acc[row, o]) + bias[o]
+                if value < acc_min or value > acc_max:
+                    overflows[n] += 1
+                q = shift_round_half_even(value * multiplier[o], shift[o]) + zero_point
+                if q < clip_min:
+                    q = clip_min
+                    clipped[n] += 1
+                elif q > clip_max:
+                    q = clip_max
+                    clipped[n] += 1
+                out[n, o, i, j] = q
+    return clipped.sum(), overflows.sum()

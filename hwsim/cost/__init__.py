@@ -1,0 +1,1 @@
+"""Analytical cost models for hwsim: systolic-array compute cycles, mapping efficiency and memory stalls."""
