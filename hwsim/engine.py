@@ -18,9 +18,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from hwsim.counters import LayerCounts, layer_counts
+from hwsim.kernels import im2col as im2col_kernels
 from hwsim.kernels import mac, pool, requant
 from hwsim.kernels.config import set_threads
-from hwsim.kernels import im2col as im2col_kernels
 from hwsim.kernels.im2col import im2col
 from hwsim.weights import MacWeights, decode, product_lut, sqrt2_lut
 from qexport.errors import QExportError
