@@ -12,6 +12,9 @@ Two modes, both bit-exact and both tested against the IR reference:
 
 from __future__ import annotations
 
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,14 +31,25 @@ from qexport.ir.checker import check_graph
 from qexport.ir.graph import Graph, Node
 from qexport.ir.ops import Op
 
+CPU_COUNT = os.cpu_count() or 1
 FLOAT32_EXACT = 2**24
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _gemm_pool() -> ThreadPoolExecutor:
+    """One shared pool: BLAS runs single-threaded, each worker multiplies one slice of the batch."""
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(CPU_COUNT, thread_name_prefix="hwsim-gemm"))
+    return _POOL[0]
+
+
 FLOAT64_EXACT = 2**53
 
 
 @dataclass
 class GemmTerm:
     table: np.ndarray | None  # activation -> product (None: identity)
-    coeff_t: np.ndarray  # [K, O] float; conv columns in (kh, kw, c) order to match NHWC windows
+    coeff: np.ndarray  # [O, K] float, K in (c, kh, kw) order
     dtype: type
 
 
@@ -79,9 +93,7 @@ def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int, shape: tuple[in
         dtype = _float_type(largest * int(np.abs(coeff).sum(axis=1).max(initial=0)))
         if dtype is None:
             return None
-        if len(shape) == 4:  # [O, C, KH, KW] -> columns (KH, KW, C)
-            coeff = coeff.reshape(shape).transpose(0, 2, 3, 1).reshape(shape[0], -1)
-        terms.append(GemmTerm(table, np.ascontiguousarray(coeff.T.astype(dtype)), dtype))
+        terms.append(GemmTerm(table, np.ascontiguousarray(coeff.astype(dtype)), dtype))
     return terms
 
 
@@ -97,52 +109,70 @@ class Engine:
         self.mode, self.codebook_style, self.threads = mode, codebook_style, threads
         self.plans = {node.name: self._plan(node) for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR)}
         self.fused = self._fusable_requants()
+        self._buffers: dict[tuple, np.ndarray] = {}
+        self._workers = max(1, min(threads or CPU_COUNT, CPU_COUNT))
 
     def _fusable_requants(self) -> dict[str, Node]:
-        """Single-GEMM layers whose accumulator feeds exactly one requantize: run as one fused step."""
+        """Single-GEMM layers and adds whose accumulator feeds exactly one requantize: one fused step."""
         fused = {}
-        for name, plan in self.plans.items():
-            node = self.graph.node(name)
+        for node in self.graph.nodes:
+            plan = self.plans.get(node.name)
+            single_gemm = plan is not None and plan.gemm_terms is not None and len(plan.gemm_terms) == 1
+            if not (single_gemm or node.op is Op.ADD):
+                continue
             consumers = self.graph.consumers(node.outputs[0])
             if (
-                plan.gemm_terms is not None
-                and len(plan.gemm_terms) == 1
-                and len(consumers) == 1
+                len(consumers) == 1
                 and consumers[0].op is Op.REQUANTIZE
                 and len(consumers[0].inputs) == 1
                 and node.outputs[0] not in self.graph.outputs
             ):
-                fused[name] = consumers[0]
+                fused[node.name] = consumers[0]
         return fused
 
-    def _fused_requant(self, node: Node, requant_node: Node, x: np.ndarray, counts: list[LayerCounts]) -> np.ndarray:
-        plan = self.plans[node.name]
+    def _requant_vectors(self, node: Node, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        multiplier = np.broadcast_to(np.asarray(node.attrs["multiplier"], dtype=np.int64), (channels,)).copy()
+        shift = np.broadcast_to(np.asarray(node.attrs["shift"], dtype=np.int64), (channels,)).copy()
+        return multiplier, shift
+
+    def _fused_requant(self, node: Node, requant_node: Node, inputs: list[np.ndarray], counts: list[LayerCounts]):
         out_info = self.graph.tensors[requant_node.outputs[0]]
         acc_info = self.graph.tensors[node.outputs[0]]
-        out_shape = (x.shape[0], *acc_info.shape[1:])
-        acc = self._gemm(node, x, plan, plan.gemm_terms[0], out_shape)
+        out_shape = (inputs[0].shape[0], *acc_info.shape[1:])
         channels = out_shape[1]
-        multiplier = np.broadcast_to(np.asarray(requant_node.attrs["multiplier"], dtype=np.int64), (channels,)).copy()
-        shift = np.broadcast_to(np.asarray(requant_node.attrs["shift"], dtype=np.int64), (channels,)).copy()
-        height, width = (out_shape[2], out_shape[3]) if len(out_shape) == 4 else (1, 1)
-        out = np.empty((out_shape[0], channels, height, width), dtype=np.int64)
-        clipped, overflows = requant.requantize_gemm(
-            acc,
-            plan.bias,
-            multiplier,
-            shift,
-            out_info.quant.zero_point if out_info.quant else 0,
+        multiplier, shift = self._requant_vectors(requant_node, channels)
+        zero_point = out_info.quant.zero_point if out_info.quant else 0
+        limits = (
             requant_node.attrs["clip_min"],
             requant_node.attrs["clip_max"],
             acc_info.dtype.min,
             acc_info.dtype.max,
-            out_shape[0],
-            height,
-            width,
-            out,
         )
+        flat = (out_shape[0], channels, math.prod(out_shape[2:]))
+        out = np.empty(flat, dtype=np.int64)
+        if node.op is Op.ADD:
+            lhs, rhs = (np.ascontiguousarray(v.reshape(flat)) for v in inputs)
+            clipped, overflows = requant.add_requantize(
+                lhs,
+                rhs,
+                self._zero_point(node.inputs[0]),
+                self._zero_point(node.inputs[1]),
+                node.attrs["lhs_multiplier"],
+                node.attrs["rhs_multiplier"],
+                multiplier,
+                shift,
+                zero_point,
+                *limits,
+                out,
+            )
+        else:
+            plan = self.plans[node.name]
+            acc = self._gemm(node, inputs[0], plan, plan.gemm_terms[0], out_shape)
+            clipped, overflows = requant.requantize_exact_float(
+                acc, plan.bias, multiplier, shift, zero_point, *limits, out
+            )
         counts[0].overflow_events, counts[1].saturations = int(overflows), int(clipped)
-        return out.reshape((out_shape[0], channels, height, width)[: len(out_shape)])
+        return out.reshape(out_shape)
 
     def _plan(self, node: Node) -> WeightedPlan:
         graph = self.graph
@@ -166,6 +196,15 @@ class Engine:
             plan.product_table = product_lut(mac_weights.levels, x_min, x_max)
         return plan
 
+    def _buffer(self, layer: str, role: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
+        """A work array reused across runs of the same shape (padding borders stay zero)."""
+        key = (layer, role, np.dtype(dtype).str)
+        array = self._buffers.get(key)
+        if array is None or array.shape != shape:
+            array = np.zeros(shape, dtype=dtype) if zero else np.empty(shape, dtype=dtype)
+            self._buffers[key] = array
+        return array
+
     # --- weighted layers -------------------------------------------------------------
     def _patches(self, node: Node, x: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
         if node.op is Op.LINEAR:
@@ -188,22 +227,25 @@ class Engine:
         )
 
     def _gemm(self, node: Node, x: np.ndarray, plan: WeightedPlan, term: GemmTerm, out_shape) -> np.ndarray:
-        """One exact float GEMM: rows (n, i, j) x output channels."""
+        """One exact float GEMM per image: [O, K] @ cols[n] -> acc [N, O, OH * OW] (linear: [N, O, 1])."""
         if node.op is Op.LINEAR:
             centred = x - plan.zero_point
             values = centred if term.table is None else term.table[centred - plan.x_min]
-            return values.astype(term.dtype) @ term.coeff_t
+            return (values.astype(term.dtype) @ term.coeff.T)[:, :, None]
         top, left, bottom, right = node.attrs["padding"]
         batch, channels, height, width = x.shape
-        padded = np.zeros((batch, height + top + bottom, width + left + right, channels), dtype=term.dtype)
+        padded = self._buffer(
+            node.name, "padded", (batch, channels, height + top + bottom, width + left + right), term.dtype, zero=True
+        )
         if term.table is None:
-            im2col_kernels.pack_nhwc(x, plan.zero_point, top, left, bottom, right, padded)
+            im2col_kernels.pad_centred(x, plan.zero_point, top, left, padded)
         else:
-            im2col_kernels.pack_nhwc_table(
-                x, term.table.astype(term.dtype), plan.zero_point + plan.x_min, top, left, padded
-            )
+            table = term.table.astype(term.dtype)
+            im2col_kernels.pad_table(x, table, plan.zero_point + plan.x_min, top, left, padded)
         stride, dilation = node.attrs["stride"], node.attrs["dilation"]
-        patches = im2col_kernels.im2col_nhwc(
+        window = plan.mac.window
+        cols = self._buffer(node.name, "cols", (batch, window, out_shape[2] * out_shape[3]), term.dtype)
+        im2col_kernels.im2col_batched(
             padded,
             plan.kernel[0],
             plan.kernel[1],
@@ -213,8 +255,17 @@ class Engine:
             dilation[1],
             out_shape[2],
             out_shape[3],
+            cols,
         )
-        return patches @ term.coeff_t
+        acc = self._buffer(node.name, "acc", (batch, term.coeff.shape[0], out_shape[2] * out_shape[3]), term.dtype)
+        chunks = np.array_split(np.arange(batch), min(self._workers, batch))
+        list(
+            _gemm_pool().map(
+                lambda part: np.matmul(term.coeff, cols[part[0] : part[-1] + 1], out=acc[part[0] : part[-1] + 1]),
+                chunks,
+            )
+        )
+        return acc
 
     def _faithful(self, plan: WeightedPlan, patches: np.ndarray, rows: slice) -> np.ndarray:
         w = plan.mac
@@ -235,10 +286,9 @@ class Engine:
         out_shape = (x.shape[0], *self.graph.tensors[node.outputs[0]].shape[1:])
         centred = x - plan.zero_point
         if plan.gemm_terms is not None:
-            acc = None
+            acc = np.zeros(out_shape, dtype=np.int64)  # stays zero when every weight is zero
             for term in plan.gemm_terms:
-                product = self._gemm(node, x, plan, term, out_shape).astype(np.int64)
-                acc = product if acc is None else acc + product
+                acc += self._gemm(node, x, plan, term, out_shape).astype(np.int64).reshape(out_shape)
         else:
             channels_per_group = x.shape[1] // plan.groups
             rows_per_group = plan.mac.rows // plan.groups
@@ -248,8 +298,8 @@ class Engine:
                 patches = self._patches(node, np.ascontiguousarray(group_input), out_shape)
                 parts.append(self._faithful(plan, patches, slice(g * rows_per_group, (g + 1) * rows_per_group)))
             acc = np.concatenate(parts, axis=1)
-        if node.op is Op.CONV2D:
-            acc = acc.reshape(out_shape[0], out_shape[2], out_shape[3], out_shape[1]).transpose(0, 3, 1, 2)
+            if node.op is Op.CONV2D:
+                acc = acc.reshape(out_shape[0], out_shape[2], out_shape[3], out_shape[1]).transpose(0, 3, 1, 2)
         acc = acc + plan.bias.reshape((1, -1) + (1,) * (len(out_shape) - 2))
         return np.ascontiguousarray(acc)
 
@@ -261,8 +311,7 @@ class Engine:
     def _requantize(self, node: Node, values: list[np.ndarray]) -> tuple[np.ndarray, int]:
         acc = values[0]
         channels = acc.shape[1] if acc.ndim > 1 else 1
-        multiplier = np.broadcast_to(np.asarray(node.attrs["multiplier"], dtype=np.int64), (channels,)).copy()
-        shift = np.broadcast_to(np.asarray(node.attrs["shift"], dtype=np.int64), (channels,)).copy()
+        multiplier, shift = self._requant_vectors(node, channels)
         dynamic = values[1].astype(np.int64).reshape(-1) if len(values) == 2 else np.zeros(0, dtype=np.int64)
         shaped = np.ascontiguousarray(acc.reshape(acc.shape[0], channels, -1), dtype=np.int64)
         out, clipped = requant.requantize(
@@ -336,7 +385,7 @@ class Engine:
             values[name] = feed
         by_name = {layer.name: layer for layer in counts}
         skip: set[str] = set()
-        with threadpool_limits(self.threads):
+        with threadpool_limits(1, user_api="blas"):
             for node, layer in zip(self.graph.nodes, counts, strict=True):
                 if node.name in skip:
                     continue
@@ -344,7 +393,7 @@ class Engine:
                 if node.name in self.fused:
                     requant_node = self.fused[node.name]
                     pair = [layer, by_name[requant_node.name]]
-                    values[requant_node.outputs[0]] = self._fused_requant(node, requant_node, inputs[0], pair)
+                    values[requant_node.outputs[0]] = self._fused_requant(node, requant_node, inputs, pair)
                     skip.add(requant_node.name)
                     continue
                 result = self._run_node(node, inputs, layer)

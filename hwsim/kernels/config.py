@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-import numba
+import os
+
+# Numba's OpenMP workers must not spin between parallel regions: BLAS threads run in between.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
 
 SERIAL = {"cache": True, "fastmath": False, "nogil": True}
 PARALLEL = {"cache": True, "fastmath": False, "nogil": True, "parallel": True}

@@ -33,42 +33,47 @@ def im2col(x, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pa
 
 
 @njit(**PARALLEL)
-def pack_nhwc(x, zero_point, pad_top, pad_left, pad_bottom, pad_right, out):
-    """out[n, pad_top + y, pad_left + x, c] = x[n, c, y, x] - zero_point (out pre-zeroed, float)."""
+def pad_centred(x, zero_point, pad_top, pad_left, out):
+    """out[n, c, pad_top + y, pad_left + x] = x[n, c, y, x] - zero_point (out pre-zeroed, float)."""
     batch, channels, height, width = x.shape
-    for n in prange(batch):
+    for nc in prange(batch * channels):
+        n, c = nc // channels, nc % channels
         for y in range(height):
             for xx in range(width):
-                for c in range(channels):
-                    out[n, pad_top + y, pad_left + xx, c] = x[n, c, y, xx] - zero_point
+                out[n, c, pad_top + y, pad_left + xx] = x[n, c, y, xx] - zero_point
     return out
 
 
 @njit(**PARALLEL)
-def pack_nhwc_table(x, table, x_offset, pad_top, pad_left, out):
-    """As pack_nhwc, through a product table: out[...] = table[x - x_offset] (x_offset = zp + x_min)."""
+def pad_table(x, table, x_offset, pad_top, pad_left, out):
+    """As pad_centred, through a product table: out[...] = table[x - x_offset] (x_offset = zp + x_min)."""
     batch, channels, height, width = x.shape
-    for n in prange(batch):
+    for nc in prange(batch * channels):
+        n, c = nc // channels, nc % channels
         for y in range(height):
             for xx in range(width):
-                for c in range(channels):
-                    out[n, pad_top + y, pad_left + xx, c] = table[x[n, c, y, xx] - x_offset]
+                out[n, c, pad_top + y, pad_left + xx] = table[x[n, c, y, xx] - x_offset]
     return out
 
 
 @njit(**PARALLEL)
-def im2col_nhwc(padded, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, out_h, out_w):
-    """Rows of windows from a padded NHWC tensor, columns ordered (u, v, c)."""
-    batch, _, _, channels = padded.shape
-    patches = np.empty((batch * out_h * out_w, kernel_h * kernel_w * channels), dtype=padded.dtype)
-    for row in prange(batch * out_h * out_w):
-        n = row // (out_h * out_w)
-        i = (row // out_w) % out_h
-        j = row % out_w
-        for u in range(kernel_h):
-            for v in range(kernel_w):
-                start = (u * kernel_w + v) * channels
-                patches[row, start : start + channels] = padded[
-                    n, i * stride_h + u * dilation_h, j * stride_w + v * dilation_w, :
-                ]
-    return patches
+def im2col_batched(padded, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, out_h, out_w, cols):
+    """cols[n, (c, u, v), i * out_w + j] = padded[n, c, i * stride_h + u * dilation_h, j * stride_w + v * dilation_w].
+
+    The layout makes each image's convolution one GEMM, weights [O, K] @ cols[n] -> [O, OH * OW] (NCHW).
+    """
+    batch, channels = padded.shape[0], padded.shape[1]
+    window = channels * kernel_h * kernel_w
+    for nk in prange(batch * window):
+        n, k = nk // window, nk % window
+        c = k // (kernel_h * kernel_w)
+        u = (k // kernel_w) % kernel_h
+        v = k % kernel_w
+        for i in range(out_h):
+            y = i * stride_h + u * dilation_h
+            if stride_w == 1:
+                cols[n, k, i * out_w : (i + 1) * out_w] = padded[n, c, y, v * dilation_w : v * dilation_w + out_w]
+            else:
+                for j in range(out_w):
+                    cols[n, k, i * out_w + j] = padded[n, c, y, j * stride_w + v * dilation_w]
+    return cols

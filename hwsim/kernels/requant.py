@@ -48,32 +48,73 @@ def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
 
 
 @njit(**PARALLEL)
-def requantize_gemm(
-    acc, bias, multiplier, shift, zero_point, clip_min, clip_max, acc_min, acc_max, batch, out_h, out_w, out
-):
-    """Fused bias + requantize of a GEMM result acc[(n, i, j), o] (exact integers held in floats).
+def requantize_exact_float(acc, bias, multiplier, shift, zero_point, clip_min, clip_max, acc_min, acc_max, out):
+    """Fused bias + requantize of acc[n, c, p], exact integers held in floats (a BLAS GEMM's result).
 
-    Writes out[n, o, i, j]; returns (clipped count, accumulator overflow count).
+    Branch-free inner loop: ties-to-even rounding as (v + half - 1 + ((v >> s) & 1)) >> s.
+    Writes out[n, c, p]; returns (clipped count, accumulator overflow count).
     """
-    rows, channels = acc.shape
-    clipped = np.zeros(batch, dtype=np.int64)
-    overflows = np.zeros(batch, dtype=np.int64)
-    per_image = out_h * out_w
-    for n in prange(batch):
-        for p in range(per_image):
-            row = n * per_image + p
-            i = p // out_w
-            j = p % out_w
-            for o in range(channels):
-                value = np.int64(acc[row, o]) + bias[o]
-                if value < acc_min or value > acc_max:
-                    overflows[n] += 1
-                q = shift_round_half_even(value * multiplier[o], shift[o]) + zero_point
-                if q < clip_min:
-                    q = clip_min
-                    clipped[n] += 1
-                elif q > clip_max:
-                    q = clip_max
-                    clipped[n] += 1
-                out[n, o, i, j] = q
+    batch, channels, spatial = acc.shape
+    clipped = np.zeros(batch * channels, dtype=np.int64)
+    overflows = np.zeros(batch * channels, dtype=np.int64)
+    for nc in prange(batch * channels):
+        n, c = nc // channels, nc % channels
+        m, s, b = np.int64(multiplier[c]), np.int64(shift[c]), np.int64(bias[c])
+        left = -s if s < 0 else np.int64(0)
+        right = s if s > 0 else np.int64(0)
+        bias_up = np.int64(1) << (right - 1) if right > 0 else np.int64(0)
+        clip_count = np.int64(0)
+        overflow_count = np.int64(0)
+        for p in range(spatial):
+            value = np.int64(acc[n, c, p]) + b
+            overflow_count += (value < acc_min) + (value > acc_max)
+            scaled = (value * m) << left
+            odd = (scaled >> right) & 1 if right > 0 else np.int64(0)
+            q = ((scaled + bias_up - (right > 0) + odd) >> right) + zero_point
+            clip_count += (q < clip_min) + (q > clip_max)
+            out[n, c, p] = min(max(q, clip_min), clip_max)
+        clipped[nc] = clip_count
+        overflows[nc] = overflow_count
+    return clipped.sum(), overflows.sum()
+
+
+@njit(**PARALLEL)
+def add_requantize(
+    lhs,
+    rhs,
+    lhs_zero,
+    rhs_zero,
+    lhs_multiplier,
+    rhs_multiplier,
+    multiplier,
+    shift,
+    zero_point,
+    clip_min,
+    clip_max,
+    acc_min,
+    acc_max,
+    out,
+):
+    """Fused residual add + requantize on [N, C, P] integer tensors (per-channel multiplier/shift)."""
+    batch, channels, spatial = lhs.shape
+    clipped = np.zeros(batch * channels, dtype=np.int64)
+    overflows = np.zeros(batch * channels, dtype=np.int64)
+    for nc in prange(batch * channels):
+        n, c = nc // channels, nc % channels
+        m, s = np.int64(multiplier[c]), np.int64(shift[c])
+        left = -s if s < 0 else np.int64(0)
+        right = s if s > 0 else np.int64(0)
+        bias_up = np.int64(1) << (right - 1) if right > 0 else np.int64(0)
+        clip_count = np.int64(0)
+        overflow_count = np.int64(0)
+        for p in range(spatial):
+            value = (lhs[n, c, p] - lhs_zero) * lhs_multiplier + (rhs[n, c, p] - rhs_zero) * rhs_multiplier
+            overflow_count += (value < acc_min) + (value > acc_max)
+            scaled = (value * m) << left
+            odd = (scaled >> right) & 1 if right > 0 else np.int64(0)
+            q = ((scaled + bias_up - (right > 0) + odd) >> right) + zero_point
+            clip_count += (q < clip_min) + (q > clip_max)
+            out[n, c, p] = min(max(q, clip_min), clip_max)
+        clipped[nc] = clip_count
+        overflows[nc] = overflow_count
     return clipped.sum(), overflows.sum()
