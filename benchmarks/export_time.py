@@ -68,23 +68,37 @@ def main() -> None:
             import onnx
 
             name = onnx.load(str(float_onnx)).graph.input[0].name
-            self.batches = iter([{name: np.random.default_rng(i).standard_normal((1, 3, 32, 32), np.float32)}
-                                 for i in range(16)])
+            self.batches = iter(
+                [{name: np.random.default_rng(i).standard_normal((1, 3, 32, 32), np.float32)} for i in range(16)]
+            )
 
         def get_next(self):
             return next(self.batches, None)
 
-    ort_s = timed(lambda: quantize_static(str(float_onnx), str(work / "ort_q.onnx"), Reader(),
-                                          quant_format=QuantFormat.QDQ, per_channel=True,
-                                          weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8))
+    ort_s = timed(
+        lambda: quantize_static(
+            str(float_onnx),
+            str(work / "ort_q.onnx"),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
+    )
     rows = [
         ("qexport (load checkpoint, lower, ONNX QDQ + layer spec + report)", qexport_s),
         ("torch.onnx.export, float model (TorchScript exporter)", torch_s),
         ("onnxruntime quantize_static on the float ONNX (16 calibration images)", ort_s),
     ]
-    lines = ["## Export time: ResNet-20 (`benchmarks/export_time.py`)", "",
-             f"Median of {REPEATS} runs. Target: qexport under 5 s.", "",
-             "| tool | seconds | ratio to qexport |", "|---|---:|---:|"]
+    lines = [
+        "## Export time: ResNet-20 (`benchmarks/export_time.py`)",
+        "",
+        f"Median of {REPEATS} runs. Target: qexport under 5 s.",
+        "",
+        "| tool | seconds | ratio to qexport |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {name} | {seconds:.3f} | {seconds / qexport_s:.2f}x |" for name, seconds in rows]
     body = "\n".join(lines)
     print(body)

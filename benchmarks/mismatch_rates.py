@@ -47,10 +47,12 @@ def cases():
 def main() -> None:
     torch.set_num_threads(2)
     lines = [
-        "## Mismatch rates vs the IR reference (`benchmarks/mismatch_rates.py`)", "",
+        "## Mismatch rates vs the IR reference (`benchmarks/mismatch_rates.py`)",
+        "",
         "End to end: share of output logits that differ, and the largest difference in output LSBs.",
         "Layer by layer: each layer is fed the path's own integer inputs; share of elements that differ",
-        "(bound: 0 with power-of-two steps, 1 LSB otherwise).", "",
+        "(bound: 0 with power-of-two steps, 1 LSB otherwise).",
+        "",
         "| model | steps | path | top-1 agreement | outputs differing | max LSB | per-layer mismatch rate | per-layer max LSB |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -59,8 +61,10 @@ def main() -> None:
         for path in result.paths:
             worst, rate = result.layerwise[path.path]
             differing = 1 - path.bit_exact / path.total
-            lines.append(f"| {title} | {scales} | {path.path} | {path.top1_agreement:.2%} | {differing:.2%} | "
-                         f"{path.max_error_lsb} | {rate:.2e} | {worst} |")
+            lines.append(
+                f"| {title} | {scales} | {path.path} | {path.top1_agreement:.2%} | {differing:.2%} | "
+                f"{path.max_error_lsb} | {rate:.2e} | {worst} |"
+            )
         print(lines[-2], lines[-1], sep="\n", flush=True)
     write_section("mismatch_rates", "\n".join(lines))
 

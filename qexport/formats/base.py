@@ -42,6 +42,8 @@ def require_arrays(weight: Weight, names: tuple[str, ...]) -> None:
     for name in names:
         if name not in weight.arrays:
             raise GraphError(f"weight {weight.name!r} ({weight.format}): missing array {name!r}")
+        if not np.issubdtype(np.asarray(weight.arrays[name]).dtype, np.integer):
+            raise GraphError(f"weight {weight.name!r}: array {name!r} must hold integers")
         if name != "levels" and tuple(weight.arrays[name].shape[: len(weight.shape)]) != tuple(weight.shape):
             raise GraphError(
                 f"weight {weight.name!r}: array {name!r} has shape {weight.arrays[name].shape}, "

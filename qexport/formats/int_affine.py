@@ -23,6 +23,8 @@ def check(weight: Weight) -> None:
     if values.size and (values.min() < dtype.min or values.max() > dtype.max):
         raise GraphError(f"weight {weight.name!r}: values outside {dtype.name} range")
     zero_point = per_channel(weight, "zero_point", 0.0)
+    if np.any(zero_point != np.round(zero_point)):
+        raise GraphError(f"weight {weight.name!r}: zero_point must be integers")
     if np.any(zero_point < dtype.min) or np.any(zero_point > dtype.max):
         raise GraphError(f"weight {weight.name!r}: zero_point outside {dtype.name} range")
     per_channel(weight, "scale")

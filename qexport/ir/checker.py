@@ -49,6 +49,9 @@ def _check_weights(graph: Graph, node: Node, out_channels: int) -> None:
     if weight_name not in graph.weights:
         raise GraphError(f"node {node.name!r}: weight {weight_name!r} is not in the graph")
     weight = graph.weights[weight_name]
+    rank = 4 if node.op is Op.CONV2D else 2
+    if len(weight.shape) != rank:
+        raise GraphError(f"node {node.name!r}: weight {weight_name!r} has rank {len(weight.shape)}, expected {rank}")
     get_format(weight.format).check(weight)
     bias_name = node.attrs.get("bias")
     if bias_name is not None:
@@ -64,7 +67,7 @@ def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
     out = graph.tensors[node.outputs[0]]
     for key in ("multiplier", "shift"):
         values = node.attrs[key]
-        if len(values) not in (1, channels) or not all(isinstance(v, int) for v in values):
+        if len(values) not in (1, channels) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise GraphError(f"node {node.name!r}: {key} needs 1 or {channels} integers")
     if any(m < 0 or m >= 1 << 31 for m in node.attrs["multiplier"]):
         raise GraphError(f"node {node.name!r}: multiplier must be in [0, 2**31)")
@@ -73,14 +76,30 @@ def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
     low, high = node.attrs["clip_min"], node.attrs["clip_max"]
     if not (out.dtype.min <= low <= high <= out.dtype.max):
         raise GraphError(f"node {node.name!r}: clip [{low}, {high}] outside {out.dtype.name}")
+    dynamic_bits = 0
     if len(node.inputs) == 2:
         dynamic = graph.tensors[node.inputs[1]]
         if len(dynamic.shape) != 1:
             raise GraphError(f"node {node.name!r}: dynamic multiplier {dynamic.name!r} must be one value per sample")
+        dynamic_bits = dynamic.dtype.bits
+    acc_bits = graph.tensors[node.inputs[0]].dtype.bits
+    shifts = node.attrs["shift"] * (channels if len(node.attrs["shift"]) == 1 else 1)
+    multipliers = node.attrs["multiplier"] * (channels if len(node.attrs["multiplier"]) == 1 else 1)
+    for multiplier, shift in zip(multipliers, shifts, strict=False):
+        if acc_bits + multiplier.bit_length() + dynamic_bits + max(-shift, 0) > 63:
+            raise GraphError(
+                f"node {node.name!r}: {acc_bits}-bit accumulator x multiplier {multiplier} << {max(-shift, 0)} "
+                "can exceed 64 bits"
+            )
 
 
 def check_graph(graph: Graph) -> Graph:
     """Validate names, order, attributes, weights, shapes and integer types; return the graph."""
+    for name, info in graph.tensors.items():
+        if info.quant is not None:
+            zero = info.quant.zero_point
+            if isinstance(zero, bool) or not isinstance(zero, int) or not info.dtype.min <= zero <= info.dtype.max:
+                raise GraphError(f"tensor {name!r}: zero point {zero!r} is not an integer of {info.dtype.name}")
     defined: set[str] = set()
     for name in graph.inputs:
         info = graph.tensors.get(name)

@@ -43,7 +43,7 @@ class IntType:
 
     @classmethod
     def parse(cls, name: str) -> IntType:
-        match = _NAME.match(name)
+        match = _NAME.fullmatch(name) if isinstance(name, str) else None
         if not match:
             raise GraphError(f"integer type: cannot parse {name!r} (expected e.g. INT4, UINT8)")
         return cls(signed=match.group(1) == "", bits=int(match.group(2)))

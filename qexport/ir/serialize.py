@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,15 @@ WEIGHTS_FILE = "weights.bin"
 ALIGNMENT = 16
 
 
+@lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:
     return json.loads(resources.files("qexport.ir").joinpath("layer_spec.schema.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = load_schema()
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
 def _storage_dtype(array: np.ndarray) -> np.dtype:
@@ -41,6 +50,13 @@ def _quant_to_json(quant: QuantInfo | None) -> dict[str, Any] | None:
     if quant is None:
         return None
     return {"scale": quant.scale, "zero_point": quant.zero_point, "axis": quant.axis, "dynamic": quant.dynamic}
+
+
+def _json_scalar(value: Any) -> Any:
+    """numpy scalars and arrays in attributes become plain JSON numbers and lists."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"attribute value {value!r} is not JSON-serializable")
 
 
 def graph_to_spec(graph: Graph) -> tuple[dict[str, Any], bytes]:
@@ -85,12 +101,12 @@ def graph_to_spec(graph: Graph) -> tuple[dict[str, Any], bytes]:
             for n in graph.nodes
         ],
     }
-    return spec, bytes(blob)
+    return json.loads(json.dumps(spec, default=_json_scalar)), bytes(blob)
 
 
 def validate_spec(spec: dict[str, Any], where: str = "layer spec") -> None:
     try:
-        jsonschema.validate(spec, load_schema())
+        _validator().validate(spec)
     except jsonschema.ValidationError as error:
         path = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise QExportError(f"{where}: field {path}: {error.message}") from None
@@ -103,11 +119,19 @@ def spec_to_graph(spec: dict[str, Any], blob: bytes, where: str = "layer spec") 
     for name, entry in spec["weights"].items():
         arrays = {}
         for field, meta in entry["arrays"].items():
+            dtype = np.dtype(meta["dtype"])
+            if meta["nbytes"] != math.prod(meta["shape"]) * dtype.itemsize:
+                raise QExportError(
+                    f"{where}: weight {name!r} array {field!r}: shape {meta['shape']} of {meta['dtype']} "
+                    f"does not fill {meta['nbytes']} bytes"
+                )
             data = blob[meta["offset"] : meta["offset"] + meta["nbytes"]]
             if len(data) != meta["nbytes"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
                 raise QExportError(f"{where}: weight {name!r} array {field!r}: checksum mismatch or truncated blob")
             arrays[field] = np.frombuffer(data, dtype=np.dtype(meta["dtype"])).reshape(meta["shape"]).astype(np.int64)
         weights[name] = Weight(name, entry["format"], tuple(entry["shape"]), arrays, dict(entry["attrs"]))
+    if hashlib.sha256(blob).hexdigest() != spec["weights_sha256"]:  # catches bytes between the arrays
+        raise QExportError(f"{where}: weight file checksum mismatch (weights_sha256): corrupt or foreign blob")
     tensors = {}
     for name, entry in spec["tensors"].items():
         quant = entry["quant"]
@@ -129,7 +153,7 @@ def write_spec(graph: Graph, directory: Path) -> tuple[Path, Path]:
     spec, blob = graph_to_spec(graph)
     validate_spec(spec)
     spec_path, blob_path = directory / "layer_spec.json", directory / WEIGHTS_FILE
-    spec_path.write_text(json.dumps(spec, indent=1))
+    spec_path.write_text(json.dumps(spec, indent=1, default=_json_scalar))
     blob_path.write_bytes(blob)
     return spec_path, blob_path
 
