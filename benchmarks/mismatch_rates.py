@@ -53,7 +53,8 @@ def main() -> None:
         "Layer by layer: each layer is fed the path's own integer inputs; share of elements that differ",
         "(bound: 0 with power-of-two steps, 1 LSB otherwise).",
         "",
-        "| model | steps | path | top-1 agreement | outputs differing | max LSB | per-layer mismatch rate | per-layer max LSB |",
+        "| model | steps | path | top-1 agreement | outputs differing | max LSB | per-layer mismatch rate "
+        "| per-layer max LSB |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for title, scales, model, graph, inputs, labels in cases():

@@ -9,7 +9,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun it to refresh. Ratios compare\npeers measured in the same run on the same machine.\n"
+HEADER = (
+    "# Benchmarks\n\nEach section is written by the script it names; rerun it to refresh. Ratios compare\n"
+    "peers measured in the same run on the same machine.\n"
+)
 
 
 def machine() -> str:
