@@ -15,6 +15,7 @@ from qexport.data import digits_split, synthetic_images
 from qexport.frontend.lower import lower
 from qexport.quant.config import QuantConfig
 from qexport.reference import quantize_input, run_graph
+from qexport.reference.rounding import round_half_even_shift
 
 ENGINES = [("fast", "lut"), ("faithful", "lut"), ("faithful", "per_level")]
 
@@ -41,9 +42,15 @@ def test_layer_chains_match_reference(conv_format: str, mode: str, codebook_styl
         np.testing.assert_array_equal(outputs[name], expected[name])
     assert all(layer.overflow_events == 0 for layer in counts)
     for node, layer in zip(graph.nodes, counts, strict=True):
-        if node.op.value == "requantize":
-            value = expected[node.inputs[0]]
-            assert layer.saturations >= 0 and layer.saturations <= value.size
+        if node.op.value == "requantize":  # saturations: past clip_max, or below a clip_min that is not a ReLU's
+            acc = expected[node.inputs[0]]
+            channels = (1, -1) + (1,) * (acc.ndim - 2)
+            multiplier = np.asarray(node.attrs["multiplier"]).reshape(channels)
+            rounded = round_half_even_shift(acc * multiplier, np.asarray(node.attrs["shift"]).reshape(channels))
+            zero = graph.tensors[node.outputs[0]].quant.zero_point
+            low, high = node.attrs["clip_min"], node.attrs["clip_max"]
+            value = rounded + zero
+            assert layer.saturations == int(((value > high) | ((value < low) & (low < zero))).sum())
 
 
 @pytest.mark.parametrize("mode", ["fast", "faithful"])

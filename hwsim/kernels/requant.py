@@ -25,7 +25,8 @@ def shift_round_half_even(value, shift):
 def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
     """acc: [N, C, S] int64 (S = spatial size, 1 for linear); multiplier/shift: [C]; dynamic: [N] or empty.
 
-    Returns (output int64 [N, C, S], number of values that were clipped).
+    Returns (output int64 [N, C, S], number of saturated values). A value counts as saturated when it
+    exceeds clip_max, or falls below clip_min where clip_min is not a fused ReLU's zero.
     """
     batch, channels, spatial = acc.shape
     out = np.empty_like(acc)
@@ -39,7 +40,7 @@ def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
                 value = shift_round_half_even(acc[n, c, p] * m, s) + zero_point
                 if value < clip_min:
                     value = clip_min
-                    clipped[n] += 1
+                    clipped[n] += clip_min < zero_point
                 elif value > clip_max:
                     value = clip_max
                     clipped[n] += 1
@@ -71,7 +72,7 @@ def requantize_exact_float(acc, bias, multiplier, shift, zero_point, clip_min, c
             scaled = (value * m) << left
             odd = (scaled >> right) & 1 if right > 0 else np.int64(0)
             q = ((scaled + bias_up - (right > 0) + odd) >> right) + zero_point
-            clip_count += (q < clip_min) + (q > clip_max)
+            clip_count += (q < clip_min) * (clip_min < zero_point) + (q > clip_max)
             out[n, c, p] = min(max(q, clip_min), clip_max)
         clipped[nc] = clip_count
         overflows[nc] = overflow_count
@@ -113,7 +114,7 @@ def add_requantize(
             scaled = (value * m) << left
             odd = (scaled >> right) & 1 if right > 0 else np.int64(0)
             q = ((scaled + bias_up - (right > 0) + odd) >> right) + zero_point
-            clip_count += (q < clip_min) + (q > clip_max)
+            clip_count += (q < clip_min) * (clip_min < zero_point) + (q > clip_max)
             out[n, c, p] = min(max(q, clip_min), clip_max)
         clipped[nc] = clip_count
         overflows[nc] = overflow_count
