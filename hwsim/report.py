@@ -62,8 +62,8 @@ def summary_lines(estimate: Estimate) -> list[str]:
     energy = {part: sum(layer["energy_pj"].get(part, 0.0) for layer in data["layers"]) / 1e6 for part in ENERGY_PARTS}
     return [
         f"target {data['target']} ({where}, {data['clock_mhz']:.0f} MHz), batch {data['batch']}",
-        f"latency: {totals['cycles']:,} cycles ({totals['compute_cycles']:,} compute + {totals['stall_cycles']:,} stall)"
-        f" = {data['latency_ms']:.4f} ms",
+        f"latency: {totals['cycles']:,} cycles ({totals['compute_cycles']:,} compute + "
+        f"{totals['stall_cycles']:,} stall) = {data['latency_ms']:.4f} ms",
         f"memory: weights {memory['weight_bytes']:,} B + LUTs {memory['lut_bytes']:,} B + peak activations "
         f"{memory['peak_activation_bytes']:,} B = {memory['total_bytes']:,} B; DRAM traffic {totals['dram_bytes']:,} B",
         f"ops: {totals['macs']:,} MACs = {totals['mults']:,} mult + {totals['shifts']:,} shift + "
