@@ -13,7 +13,7 @@ from rich.table import Table
 from qexport.data import verification_data
 from qexport.errors import QExportError
 from qexport.pipeline import add_verification, run_export
-from qexport.targets import available_targets, load_target
+from qexport.targets import available_targets, load_target, with_native_bits
 from qexport.verify import Verification, verify
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -57,10 +57,15 @@ def main(
         bool, typer.Option("--verify", help="compare torch, IR reference and onnxruntime")
     ] = False,
     samples: Annotated[int, typer.Option(help="number of verification samples")] = 360,
+    onnx_native_bits: Annotated[
+        str | None, typer.Option(help="ONNX integer widths to use natively, e.g. 2,4,8,16 [from the target]")
+    ] = None,
 ) -> None:
     """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
     try:
         target_spec = load_target(target)
+        if onnx_native_bits is not None:
+            target_spec = with_native_bits(target_spec, onnx_native_bits)
         out_dir = output or Path(f"{source.stem}_{target_spec.name}")
         with Progress(
             TextColumn("{task.description}"),
@@ -83,7 +88,7 @@ def main(
                 inputs, labels = verification_data(
                     checkpoint.info.get("dataset", "synthetic"), checkpoint.input_shape, samples
                 )
-                check = progress.add_task("verify: torch, reference, onnxruntime", total=3 * len(inputs))
+                check = progress.add_task("verify: reference, torch, onnxruntime, hwsim", total=4 * len(inputs))
                 result = verify(
                     graph, checkpoint.model, model, inputs, labels, progress=lambda n: progress.advance(check, n)
                 )

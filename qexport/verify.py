@@ -133,6 +133,15 @@ def reference_integers(graph: Graph, inputs: np.ndarray, progress: Progress | No
     return np.concatenate(parts)
 
 
+def hwsim_integers(graph: Graph, inputs: np.ndarray) -> np.ndarray:
+    """hwsim's engine (exact by construction, so its bound is always 0 LSB)."""
+    from hwsim.engine import Engine  # hwsim reads the IR; imported here to keep qexport importable alone
+
+    info = graph.tensors[graph.inputs[0]]
+    outputs, _ = Engine(graph).run({info.name: quantize_input(info, inputs)})
+    return outputs[graph.outputs[0]]
+
+
 def onnxruntime_session(model: onnx.ModelProto, optimize: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     if not optimize:
@@ -192,7 +201,7 @@ def verify(
     labels: np.ndarray | None = None,
     progress: Progress | None = None,
 ) -> Verification:
-    """Run the fake-quant torch model, the IR reference and onnxruntime, and compare."""
+    """Run the fake-quant torch model, the IR reference, onnxruntime and hwsim, and compare."""
     exact = all_scales_power_of_two(graph)
     reference = reference_integers(graph, inputs, progress)
     result = Verification(
@@ -206,6 +215,9 @@ def verify(
     if progress:
         progress(len(inputs))
     observed_paths["onnxruntime"] = onnxruntime_tensors(with_intermediate_outputs(onnx_model, graph), graph, inputs)
+    if progress:
+        progress(len(inputs))
+    result.paths.append(compare("hwsim", reference, hwsim_integers(graph, inputs), labels, 0))
     if progress:
         progress(len(inputs))
     bound = 0 if exact else None

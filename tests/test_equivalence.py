@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 from modelgen import zoo_graph
 
 from qexport.checkpoint import load_checkpoint
@@ -11,7 +12,8 @@ from qexport.data import digits_split, synthetic_images
 from qexport.export.onnx_qdq import export_onnx
 from qexport.frontend.lower import lower
 from qexport.quant.config import QuantConfig
-from qexport.verify import LAYERWISE_BOUND_LSB, all_scales_power_of_two, verify
+from qexport.reference import run_float
+from qexport.verify import LAYERWISE_BOUND_LSB, all_scales_power_of_two, onnxruntime_session, verify
 
 
 def _check(result, exact: bool) -> None:
@@ -39,7 +41,22 @@ def test_resnet20_every_bit_width_is_exact_with_pow2(bits: int) -> None:
     config = QuantConfig(weight_bits=bits, act_bits=bits, pow2_scales=True)
     model, graph, calibration = zoo_graph("resnet20", config, seed=bits)
     inputs = synthetic_images(tuple(calibration.shape[1:]), 8, seed=bits)
-    _check(verify(graph, model, export_onnx(graph), inputs), exact=True)
+    onnx_model = export_onnx(graph, native_bits=(2, 4, 8, 16))  # native INT2 where a layer is 2-bit
+    if bits == 2:
+        assert any(t.data_type == TensorProto.INT2 for t in onnx_model.graph.initializer)
+        assert onnx_model.opset_import[0].version == 25
+    _check(verify(graph, model, onnx_model, inputs), exact=True)
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_default_export_runs_with_default_onnxruntime_optimizations(name: str, bits: int) -> None:
+    """Low-bit exports must load in a default session (onnxruntime fuses QDQ there); pow2 keeps them exact."""
+    _, graph, calibration = zoo_graph(name, QuantConfig(weight_bits=bits, act_bits=bits, pow2_scales=True))
+    inputs = synthetic_images(tuple(calibration.shape[1:]), 4, seed=5)
+    session = onnxruntime_session(export_onnx(graph), optimize=True)
+    outputs = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    np.testing.assert_array_equal(outputs, run_float(graph, {graph.inputs[0]: inputs})[graph.outputs[0]])
 
 
 @pytest.mark.parametrize("fixture", ["digits_checkpoint", "digits_lsq_checkpoint"])

@@ -24,7 +24,7 @@ from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node, Weight
 from qexport.ir.ops import Op
 
-DEFAULT_NATIVE_BITS = (2, 4, 8, 16)
+DEFAULT_NATIVE_BITS = (4, 8, 16)  # INT2 is opt-in: see docs/onnx.md
 NUMPY_TYPES = {
     (True, 2): ml_dtypes.int2,
     (False, 2): ml_dtypes.uint2,
@@ -37,6 +37,7 @@ NUMPY_TYPES = {
     (True, 32): np.int32,
 }
 OPSET_FOR_BITS = {2: 25, 4: 21}
+BYTE_CONTAINER_OPS = frozenset({"maxpool"})
 BASE_OPSET = 21
 
 
@@ -75,6 +76,11 @@ class _OnnxBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.used_bits: set[int] = set()
+        # onnxruntime (1.32, default optimizations) moves DequantizeLinear past these ops without checking
+        # that they accept int4/int2, and the session then fails to load: their inputs use byte containers
+        self.byte_containers = {
+            name for node in graph.nodes if node.op.value in BYTE_CONTAINER_OPS for name in node.inputs
+        }
 
     def constant(self, name: str, array: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
@@ -88,25 +94,33 @@ class _OnnxBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
         return output
 
-    def container(self, dtype: IntType) -> IntType:
+    def container(self, dtype: IntType, tensor: str | None = None) -> IntType:
         kind = container_type(dtype, self.native_bits)
+        if tensor in self.byte_containers and kind.bits < 8:
+            kind = container_type(dtype, tuple(b for b in self.native_bits if b >= 8))
         self.used_bits.add(kind.bits)
         return kind
 
     def quantize_dequantize(self, source: str, tensor: str, clip: tuple[int, int] | None = None) -> str:
         """source (float) -> [Clip] -> QuantizeLinear -> DequantizeLinear -> tensor (float, on grid)."""
         info = self.graph.tensors[tensor]
-        kind = self.container(info.dtype)
+        kind = self.container(info.dtype, tensor)
         zero = info.quant.zero_point
         low, high = clip if clip else (info.dtype.min, info.dtype.max)
         if (low, high) != (kind.min, kind.max) and (low > kind.min or high < kind.max):
-            bounds = [(np.float32(v - zero) * np.float32(info.quant.scale)) for v in (low, high)]
-            source = self.add(
-                "Clip",
-                [source, self.constant(f"{tensor}__lo", bounds[0]), self.constant(f"{tensor}__hi", bounds[1])],
-                f"{tensor}__clipped",
-                f"{tensor}__clip",
-            )
+            # Max/Min rather than Clip: onnxruntime's Clip+QuantizeLinear fusion rejects int4 zero points
+            low_value, high_value = (np.float32(v - zero) * np.float32(info.quant.scale) for v in (low, high))
+            if low > kind.min:
+                source = self.add(
+                    "Max", [source, self.constant(f"{tensor}__lo", low_value)], f"{tensor}__max", f"{tensor}__clip_low"
+                )
+            if high < kind.max:
+                source = self.add(
+                    "Min",
+                    [source, self.constant(f"{tensor}__hi", high_value)],
+                    f"{tensor}__min",
+                    f"{tensor}__clip_high",
+                )
         scale = self.scale(f"{tensor}__scale", info.quant.scale)
         zp = self.constant(f"{tensor}__zp", _typed(zero, kind))
         quantized = self.add("QuantizeLinear", [source, scale, zp], f"{tensor}__q", f"{tensor}__quantize")

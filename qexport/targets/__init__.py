@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,3 +55,14 @@ def load_target(name_or_path: str) -> Target:
     if not 8 <= target.max_acc_bits <= 64:
         raise TargetError(f"{where}: export.max_acc_bits must be in 8..64")
     return target
+
+
+def with_native_bits(target: Target, text: str) -> Target:
+    """Override ``export.onnx_native_bits`` from a comma-separated list such as ``2,4,8,16``."""
+    try:
+        bits = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise TargetError(f"--onnx-native-bits {text!r}: expected comma-separated widths, e.g. 2,4,8,16") from None
+    if not bits or not set(bits) <= {2, 4, 8, 16}:
+        raise TargetError(f"--onnx-native-bits {text!r}: widths must be among 2, 4, 8, 16")
+    return replace(target, onnx_native_bits=bits)
