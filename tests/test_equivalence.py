@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto
 from modelgen import zoo_graph
+from onnx import TensorProto
 
 from qexport.checkpoint import load_checkpoint
 from qexport.data import digits_split, synthetic_images
