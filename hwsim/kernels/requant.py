@@ -48,35 +48,57 @@ def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
     return out, clipped.sum()
 
 
+@njit(**SERIAL)
+def _requantize_row(values, bias, multiplier, shift, zero_point, clip_min, clip_max, acc_min, acc_max, low_counts, out):
+    """One channel's run of accumulators -> outputs; returns (saturations, overflows). Branch-free inner loops."""
+    saturations = np.int64(0)
+    overflows = np.int64(0)
+    if shift > 0:
+        up = (np.int64(1) << (shift - 1)) - 1  # ties to even: + half - 1 + (bit that becomes the lsb)
+        for p in range(values.size):
+            value = np.int64(values[p]) + bias
+            overflows += (value < acc_min) | (value > acc_max)
+            scaled = value * multiplier
+            q = ((scaled + up + ((scaled >> shift) & 1)) >> shift) + zero_point
+            saturations += ((q < clip_min) & low_counts) | (q > clip_max)
+            out[p] = min(max(q, clip_min), clip_max)
+    else:
+        for p in range(values.size):
+            value = np.int64(values[p]) + bias
+            overflows += (value < acc_min) | (value > acc_max)
+            q = ((value * multiplier) << -shift) + zero_point
+            saturations += ((q < clip_min) & low_counts) | (q > clip_max)
+            out[p] = min(max(q, clip_min), clip_max)
+    return saturations, overflows
+
+
 @njit(**PARALLEL)
 def requantize_exact_float(acc, bias, multiplier, shift, zero_point, clip_min, clip_max, acc_min, acc_max, out):
     """Fused bias + requantize of acc[n, c, p], exact integers held in floats (a BLAS GEMM's result).
 
-    Branch-free inner loop: ties-to-even rounding as (v + half - 1 + ((v >> s) & 1)) >> s.
-    Writes out[n, c, p]; returns (clipped count, accumulator overflow count).
+    Writes out[n, c, p]; returns (saturated count, accumulator overflow count). Saturated: past
+    clip_max, or below a clip_min that is not a fused ReLU's zero.
     """
-    batch, channels, spatial = acc.shape
-    clipped = np.zeros(batch * channels, dtype=np.int64)
+    batch, channels, _ = acc.shape
+    saturations = np.zeros(batch * channels, dtype=np.int64)
     overflows = np.zeros(batch * channels, dtype=np.int64)
+    low_counts = np.int64(clip_min < zero_point)
     for nc in prange(batch * channels):
         n, c = nc // channels, nc % channels
-        m, s, b = np.int64(multiplier[c]), np.int64(shift[c]), np.int64(bias[c])
-        left = -s if s < 0 else np.int64(0)
-        right = s if s > 0 else np.int64(0)
-        bias_up = np.int64(1) << (right - 1) if right > 0 else np.int64(0)
-        clip_count = np.int64(0)
-        overflow_count = np.int64(0)
-        for p in range(spatial):
-            value = np.int64(acc[n, c, p]) + b
-            overflow_count += (value < acc_min) + (value > acc_max)
-            scaled = (value * m) << left
-            odd = (scaled >> right) & 1 if right > 0 else np.int64(0)
-            q = ((scaled + bias_up - (right > 0) + odd) >> right) + zero_point
-            clip_count += (q < clip_min) * (clip_min < zero_point) + (q > clip_max)
-            out[n, c, p] = min(max(q, clip_min), clip_max)
-        clipped[nc] = clip_count
-        overflows[nc] = overflow_count
-    return clipped.sum(), overflows.sum()
+        saturations[nc], overflows[nc] = _requantize_row(
+            acc[n, c],
+            np.int64(bias[c]),
+            np.int64(multiplier[c]),
+            np.int64(shift[c]),
+            zero_point,
+            clip_min,
+            clip_max,
+            acc_min,
+            acc_max,
+            low_counts,
+            out[n, c],
+        )
+    return saturations.sum(), overflows.sum()
 
 
 @njit(**PARALLEL)
@@ -98,24 +120,25 @@ def add_requantize(
 ):
     """Fused residual add + requantize on [N, C, P] integer tensors (per-channel multiplier/shift)."""
     batch, channels, spatial = lhs.shape
-    clipped = np.zeros(batch * channels, dtype=np.int64)
+    saturations = np.zeros(batch * channels, dtype=np.int64)
     overflows = np.zeros(batch * channels, dtype=np.int64)
+    low_counts = np.int64(clip_min < zero_point)
     for nc in prange(batch * channels):
         n, c = nc // channels, nc % channels
-        m, s = np.int64(multiplier[c]), np.int64(shift[c])
-        left = -s if s < 0 else np.int64(0)
-        right = s if s > 0 else np.int64(0)
-        bias_up = np.int64(1) << (right - 1) if right > 0 else np.int64(0)
-        clip_count = np.int64(0)
-        overflow_count = np.int64(0)
+        aligned = np.empty(spatial, dtype=np.int64)
         for p in range(spatial):
-            value = (lhs[n, c, p] - lhs_zero) * lhs_multiplier + (rhs[n, c, p] - rhs_zero) * rhs_multiplier
-            overflow_count += (value < acc_min) + (value > acc_max)
-            scaled = (value * m) << left
-            odd = (scaled >> right) & 1 if right > 0 else np.int64(0)
-            q = ((scaled + bias_up - (right > 0) + odd) >> right) + zero_point
-            clip_count += (q < clip_min) * (clip_min < zero_point) + (q > clip_max)
-            out[n, c, p] = min(max(q, clip_min), clip_max)
-        clipped[nc] = clip_count
-        overflows[nc] = overflow_count
-    return clipped.sum(), overflows.sum()
+            aligned[p] = (lhs[n, c, p] - lhs_zero) * lhs_multiplier + (rhs[n, c, p] - rhs_zero) * rhs_multiplier
+        saturations[nc], overflows[nc] = _requantize_row(
+            aligned,
+            np.int64(0),
+            np.int64(multiplier[c]),
+            np.int64(shift[c]),
+            zero_point,
+            clip_min,
+            clip_max,
+            acc_min,
+            acc_max,
+            low_counts,
+            out[n, c],
+        )
+    return saturations.sum(), overflows.sum()
