@@ -82,9 +82,9 @@ def main() -> None:
         feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], x)}
         session = onnxruntime_session(export_onnx(graph), optimize=True)
         feed_name = session.get_inputs()[0].name
-        ort_ips = images_per_second(lambda s=session, n=feed_name: s.run(None, {n: x}), BATCH)
+        ort_ips = images_per_second(lambda s=session, n=feed_name, x=x: s.run(None, {n: x}), BATCH)
         engine = Engine(graph)
-        hwsim_ips = images_per_second(lambda e=engine: e.run(feeds), BATCH)
+        hwsim_ips = images_per_second(lambda e=engine, f=feeds: e.run(f), BATCH)
         small = {graph.inputs[0]: feeds[graph.inputs[0]][:8]}
         start = time.perf_counter()
         run_graph(graph, small)
