@@ -32,6 +32,7 @@ from qexport.ir.graph import Graph, Node
 from qexport.ir.ops import Op
 
 CPU_COUNT = os.cpu_count() or 1
+CACHE_BLOCK_BYTES = 1 << 20  # im2col block size: a few images' windows, about half of a core's L2
 FLOAT32_EXACT = 2**24
 _POOL: list[ThreadPoolExecutor] = []
 
@@ -159,27 +160,34 @@ class Engine:
         out = np.empty(flat, dtype=np.int64)
         if node.op is Op.ADD:
             lhs, rhs = (np.ascontiguousarray(v.reshape(flat)) for v in inputs)
-            clipped, overflows = requant.add_requantize(
-                lhs,
-                rhs,
-                self._zero_point(node.inputs[0]),
-                self._zero_point(node.inputs[1]),
-                node.attrs["lhs_multiplier"],
-                node.attrs["rhs_multiplier"],
-                multiplier,
-                shift,
-                zero_point,
-                *limits,
-                out,
-            )
+            zeros = (self._zero_point(node.inputs[0]), self._zero_point(node.inputs[1]))
+            alignment = (node.attrs["lhs_multiplier"], node.attrs["rhs_multiplier"])
+
+            def work(part: slice) -> tuple[int, int]:
+                return requant.add_requantize(
+                    lhs[part], rhs[part], *zeros, *alignment, multiplier, shift, zero_point, *limits, out[part]
+                )
         else:
             plan = self.plans[node.name]
-            acc = self._gemm(node, inputs[0], plan, plan.gemm_terms[0], out_shape)
-            clipped, overflows = requant.requantize_exact_float(
-                acc, plan.bias, multiplier, shift, zero_point, *limits, out
-            )
-        counts[0].overflow_events, counts[1].saturations = int(overflows), int(clipped)
+            gemm = self._gemm_step(node, inputs[0], plan, plan.gemm_terms[0], out_shape)
+
+            def work(part: slice) -> tuple[int, int]:
+                return requant.requantize_exact_float(
+                    gemm(part), plan.bias, multiplier, shift, zero_point, *limits, out[part]
+                )
+
+        results = self._map_batch(work, out_shape[0])
+        counts[1].saturations = int(sum(r[0] for r in results))
+        counts[0].overflow_events = int(sum(r[1] for r in results))
         return out.reshape(out_shape)
+
+    def _map_batch(self, work, batch: int) -> list:
+        """Run ``work(slice)`` on contiguous slices of the batch, one per worker thread (kernels release the GIL)."""
+        bounds = np.linspace(0, batch, min(self._workers, batch) + 1).astype(int)
+        parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        if len(parts) == 1:
+            return [work(parts[0])]
+        return list(_gemm_pool().map(work, parts))
 
     def _plan(self, node: Node) -> WeightedPlan:
         graph = self.graph
@@ -233,46 +241,55 @@ class Engine:
             x.dtype.type(0),
         )
 
-    def _gemm(self, node: Node, x: np.ndarray, plan: WeightedPlan, term: GemmTerm, out_shape) -> np.ndarray:
-        """One exact float GEMM per image: [O, K] @ cols[n] -> acc [N, O, OH * OW] (linear: [N, O, 1])."""
+    def _gemm_step(self, node: Node, x: np.ndarray, plan: WeightedPlan, term: GemmTerm, out_shape):
+        """A function of a batch slice: pad, im2col and one exact float GEMM per image -> acc[slice, O, P]."""
+        batch = x.shape[0]
         if node.op is Op.LINEAR:
             centred = x - plan.zero_point
-            values = centred if term.table is None else term.table[centred - plan.x_min]
-            return (values.astype(term.dtype) @ term.coeff.T)[:, :, None]
+            values = (centred if term.table is None else term.table[centred - plan.x_min]).astype(term.dtype)
+            return lambda part: (values[part] @ term.coeff.T)[:, :, None]
         top, left, bottom, right = node.attrs["padding"]
-        batch, channels, height, width = x.shape
+        _, channels, height, width = x.shape
         padded = self._buffer(
             node.name, "padded", (batch, channels, height + top + bottom, width + left + right), term.dtype, zero=True
         )
-        if term.table is None:
-            im2col_kernels.pad_centred(x, plan.zero_point, top, left, padded)
-        else:
-            table = term.table.astype(term.dtype)
-            im2col_kernels.pad_table(x, table, plan.zero_point + plan.x_min, top, left, padded)
+        pixels = out_shape[2] * out_shape[3]
+        acc = self._buffer(node.name, "acc", (batch, term.coeff.shape[0], pixels), term.dtype)
         stride, dilation = node.attrs["stride"], node.attrs["dilation"]
-        window = plan.mac.window
-        cols = self._buffer(node.name, "cols", (batch, window, out_shape[2] * out_shape[3]), term.dtype)
-        im2col_kernels.im2col_batched(
-            padded,
-            plan.kernel[0],
-            plan.kernel[1],
-            stride[0],
-            stride[1],
-            dilation[0],
-            dilation[1],
-            out_shape[2],
-            out_shape[3],
-            cols,
-        )
-        acc = self._buffer(node.name, "acc", (batch, term.coeff.shape[0], out_shape[2] * out_shape[3]), term.dtype)
-        chunks = np.array_split(np.arange(batch), min(self._workers, batch))
-        list(
-            _gemm_pool().map(
-                lambda part: np.matmul(term.coeff, cols[part[0] : part[-1] + 1], out=acc[part[0] : part[-1] + 1]),
-                chunks,
-            )
-        )
-        return acc
+        table = None if term.table is None else term.table.astype(term.dtype)
+        # im2col a few images at a time so the expanded windows stay in cache for the GEMM
+        per_block = max(1, CACHE_BLOCK_BYTES // (plan.mac.window * pixels * np.dtype(term.dtype).itemsize))
+
+        def step(part: slice) -> np.ndarray:
+            if table is None:
+                im2col_kernels.pad_centred(x[part], plan.zero_point, top, left, padded[part])
+            else:
+                im2col_kernels.pad_table(x[part], table, plan.zero_point + plan.x_min, top, left, padded[part])
+            cols = self._buffer(node.name, f"cols{part.start}", (per_block, plan.mac.window, pixels), term.dtype)
+            for start in range(part.start, part.stop, per_block):
+                block = slice(start, min(start + per_block, part.stop))
+                count = block.stop - block.start
+                im2col_kernels.im2col_batched(
+                    padded[block],
+                    plan.kernel[0],
+                    plan.kernel[1],
+                    stride[0],
+                    stride[1],
+                    dilation[0],
+                    dilation[1],
+                    out_shape[2],
+                    out_shape[3],
+                    cols[:count],
+                )
+                np.matmul(term.coeff, cols[:count], out=acc[block])
+            return acc[part]
+
+        return step
+
+    def _gemm(self, node: Node, x: np.ndarray, plan: WeightedPlan, term: GemmTerm, out_shape) -> np.ndarray:
+        """acc [N, O, OH * OW] (linear: [N, O, 1]) of one GEMM term, computed slice by slice in threads."""
+        step = self._gemm_step(node, x, plan, term, out_shape)
+        return np.concatenate(self._map_batch(step, x.shape[0]), axis=0)
 
     def _faithful(self, plan: WeightedPlan, patches: np.ndarray, rows: slice) -> np.ndarray:
         w = plan.mac

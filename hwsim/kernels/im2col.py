@@ -1,11 +1,12 @@
-"""Gather convolution windows into rows: patches[n*OH*OW + i*OW + j, c*KH*KW + u*KW + v]."""
+"""Gather convolution windows: ``im2col`` (rows x window, parallel) for the faithful MAC kernels, and
+serial per-image kernels for the fast path, which the engine runs on slices of the batch in threads."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from hwsim.kernels.config import PARALLEL
+from hwsim.kernels.config import PARALLEL, SERIAL
 
 
 @njit(**PARALLEL)
@@ -32,7 +33,7 @@ def im2col(x, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pa
     return patches
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def pad_centred(x, zero_point, pad_top, pad_left, out):
     """out[n, c, pad_top + y, pad_left + x] = x[n, c, y, x] - zero_point (out pre-zeroed, float)."""
     batch, channels, height, width = x.shape
@@ -44,7 +45,7 @@ def pad_centred(x, zero_point, pad_top, pad_left, out):
     return out
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def pad_table(x, table, x_offset, pad_top, pad_left, out):
     """As pad_centred, through a product table: out[...] = table[x - x_offset] (x_offset = zp + x_min)."""
     batch, channels, height, width = x.shape
@@ -56,7 +57,7 @@ def pad_table(x, table, x_offset, pad_top, pad_left, out):
     return out
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def im2col_batched(padded, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, out_h, out_w, cols):
     """cols[n, (c, u, v), i * out_w + j] = padded[n, c, i * stride_h + u * dilation_h, j * stride_w + v * dilation_w].
 

@@ -72,7 +72,7 @@ def _requantize_row(values, bias, multiplier, shift, zero_point, clip_min, clip_
     return saturations, overflows
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def requantize_exact_float(acc, bias, multiplier, shift, zero_point, clip_min, clip_max, acc_min, acc_max, out):
     """Fused bias + requantize of acc[n, c, p], exact integers held in floats (a BLAS GEMM's result).
 
@@ -101,7 +101,7 @@ def requantize_exact_float(acc, bias, multiplier, shift, zero_point, clip_min, c
     return saturations.sum(), overflows.sum()
 
 
-@njit(**PARALLEL)
+@njit(**SERIAL)
 def add_requantize(
     lhs,
     rhs,
