@@ -38,7 +38,7 @@ from qexport.targets import load_target  # noqa: E402
 from qexport.verify import onnxruntime_session  # noqa: E402
 
 BATCH = 64
-REPEATS = 7
+REPEATS = 15
 
 COMPILE_SNIPPET = """
 import sys, time
@@ -56,14 +56,17 @@ start = time.perf_counter(); engine.run(feeds); print(time.perf_counter() - star
 """
 
 
-def images_per_second(action, count: int) -> float:
-    action()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
+def interleaved_images_per_second(actions: list, count: int) -> list[float]:
+    """Alternate the peers run by run (so machine drift hits both alike); median images/s of each."""
+    for action in actions:
         action()
-        times.append(time.perf_counter() - start)
-    return count / statistics.median(times)
+    times: list[list[float]] = [[] for _ in actions]
+    for _ in range(REPEATS):
+        for action, bucket in zip(actions, times, strict=True):
+            start = time.perf_counter()
+            action()
+            bucket.append(time.perf_counter() - start)
+    return [count / statistics.median(bucket) for bucket in times]
 
 
 def first_run_seconds(cache_dir: str) -> float:
@@ -82,9 +85,10 @@ def main() -> None:
         feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], x)}
         session = onnxruntime_session(export_onnx(graph), optimize=True)
         feed_name = session.get_inputs()[0].name
-        ort_ips = images_per_second(lambda s=session, n=feed_name, x=x: s.run(None, {n: x}), BATCH)
         engine = Engine(graph)
-        hwsim_ips = images_per_second(lambda e=engine, f=feeds: e.run(f), BATCH)
+        ort_ips, hwsim_ips = interleaved_images_per_second(
+            [lambda s=session, n=feed_name, x=x: s.run(None, {n: x}), lambda e=engine, f=feeds: e.run(f)], BATCH
+        )
         small = {graph.inputs[0]: feeds[graph.inputs[0]][:8]}
         start = time.perf_counter()
         run_graph(graph, small)
@@ -108,7 +112,7 @@ def main() -> None:
     lines = [
         "## hwsim throughput: ResNet-20, batch 64 (`benchmarks/hwsim_throughput.py`)",
         "",
-        "Images per second, median of 7 runs after warm-up, power-of-two steps (all paths bit-exact).",
+        "Images per second, median of 15 interleaved runs after warm-up, power-of-two steps (all paths bit-exact).",
         "hwsim also fills its per-layer counters on every run. Target (issue 4): hwsim >= 0.5x onnxruntime.",
         "",
         "| weights/activations | onnxruntime (default optimizations) | hwsim fast mode | ratio hwsim / onnxruntime "
