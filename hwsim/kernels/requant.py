@@ -7,45 +7,7 @@ from numba import njit, prange
 
 from hwsim.kernels.config import PARALLEL, SERIAL
 
-
-@njit(**SERIAL)
-def shift_round_half_even(value, shift):
-    """value * 2**-shift, ties to even; negative shifts are exact left shifts."""
-    if shift <= 0:
-        return value << -shift
-    floor = value >> shift
-    remainder = value - (floor << shift)
-    half = np.int64(1) << (shift - 1)
-    if remainder > half or (remainder == half and (floor & 1) == 1):
-        return floor + 1
-    return floor
-
-
-@njit(**PARALLEL)
-def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
-    """acc: [N, C, S] int64 (S = spatial size, 1 for linear); multiplier/shift: [C]; dynamic: [N] or empty.
-
-    Returns (output int64 [N, C, S], number of saturated values). A value counts as saturated when it
-    exceeds clip_max, or falls below clip_min where clip_min is not a fused ReLU's zero.
-    """
-    batch, channels, spatial = acc.shape
-    out = np.empty_like(acc)
-    clipped = np.zeros(batch, dtype=np.int64)
-    for n in prange(batch):
-        scale = np.int64(1) if dynamic.size == 0 else np.int64(dynamic[n])
-        for c in range(channels):
-            m = np.int64(multiplier[c]) * scale
-            s = shift[c]
-            for p in range(spatial):
-                value = shift_round_half_even(acc[n, c, p] * m, s) + zero_point
-                if value < clip_min:
-                    value = clip_min
-                    clipped[n] += clip_min < zero_point
-                elif value > clip_max:
-                    value = clip_max
-                    clipped[n] += 1
-                out[n, c, p] = value
-    return out, clipped.sum()
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @njit(**SERIAL)
@@ -142,3 +104,33 @@ def add_requantize(
             out[n, c],
         )
     return saturations.sum(), overflows.sum()
+
+
+@njit(**PARALLEL)
+def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
+    """acc: [N, C, S] int64 (S = spatial size, 1 for linear); multiplier/shift: [C]; dynamic: [N] or empty.
+
+    The dynamic operand (input-adaptive steps) multiplies each sample's multiplier. Returns
+    (output int64 [N, C, S], number of saturated values).
+    """
+    batch, channels, _ = acc.shape
+    out = np.empty_like(acc)
+    saturations = np.zeros(batch * channels, dtype=np.int64)
+    low_counts = np.int64(clip_min < zero_point)
+    for nc in prange(batch * channels):
+        n, c = nc // channels, nc % channels
+        scale = np.int64(1) if dynamic.size == 0 else np.int64(dynamic[n])
+        saturations[nc], _ = _requantize_row(
+            acc[n, c],
+            np.int64(0),
+            np.int64(multiplier[c]) * scale,
+            np.int64(shift[c]),
+            zero_point,
+            clip_min,
+            clip_max,
+            INT64_MIN,
+            INT64_MAX,
+            low_counts,
+            out[n, c],
+        )
+    return out, saturations.sum()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from qexport.errors import GraphError
-from qexport.formats.base import Term, broadcast_channel, identity_table, per_channel, require_arrays
+from qexport.formats.base import Term, broadcast_channel, check_sign_exponent, identity_table, per_channel
 from qexport.ir.graph import Weight
 
 name = "apot"
@@ -17,18 +17,9 @@ linear = True
 
 
 def check(weight: Weight) -> None:
-    require_arrays(weight, ("sign", "exponent"))
-    sign, exponent = weight.arrays["sign"], weight.arrays["exponent"]
-    if exponent.ndim != len(weight.shape) + 1:
+    if weight.arrays.get("exponent", np.zeros(0)).ndim != len(weight.shape) + 1:
         raise GraphError(f"weight {weight.name!r}: apot exponent needs a trailing terms axis")
-    if not np.isin(sign, (-1, 0, 1)).all():
-        raise GraphError(f"weight {weight.name!r}: sign must be -1, 0 or 1")
-    max_exponent = int(weight.attrs.get("max_exponent", -1))
-    if max_exponent < 0 or max_exponent > 30:
-        raise GraphError(f"weight {weight.name!r}: max_exponent must be in 0..30")
-    if exponent.size and (exponent.min() < -1 or exponent.max() > max_exponent):
-        raise GraphError(f"weight {weight.name!r}: exponent outside -1..{max_exponent}")
-    per_channel(weight, "scale")
+    check_sign_exponent(weight, exponent_cap=30, lowest_exponent=-1)
 
 
 def integers(weight: Weight) -> np.ndarray:

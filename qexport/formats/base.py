@@ -51,6 +51,21 @@ def require_arrays(weight: Weight, names: tuple[str, ...]) -> None:
             )
 
 
+def check_sign_exponent(weight: Weight, exponent_cap: int, lowest_exponent: int = 0) -> int:
+    """Shared checks of the sign/exponent formats; returns ``max_exponent``."""
+    require_arrays(weight, ("sign", "exponent"))
+    sign, exponent = weight.arrays["sign"], weight.arrays["exponent"]
+    if not np.isin(sign, (-1, 0, 1)).all():
+        raise GraphError(f"weight {weight.name!r}: sign must be -1, 0 or 1")
+    max_exponent = int(weight.attrs.get("max_exponent", -1))
+    if max_exponent < 0 or max_exponent > exponent_cap:
+        raise GraphError(f"weight {weight.name!r}: max_exponent must be in 0..{exponent_cap}")
+    if exponent.size and (exponent.min() < lowest_exponent or exponent.max() > max_exponent):
+        raise GraphError(f"weight {weight.name!r}: exponent outside {lowest_exponent}..{max_exponent}")
+    per_channel(weight, "scale")
+    return max_exponent
+
+
 def per_channel(weight: Weight, key: str, default: float | None = None) -> np.ndarray:
     """A scalar or per-output-channel attribute as a float64 vector of length out_channels."""
     if key not in weight.attrs:

@@ -19,7 +19,7 @@ from math import isqrt
 import numpy as np
 
 from qexport.errors import GraphError
-from qexport.formats.base import Term, broadcast_channel, per_channel, require_arrays
+from qexport.formats.base import Term, broadcast_channel, check_sign_exponent, per_channel
 from qexport.ir.graph import Weight
 
 name = "post"
@@ -27,19 +27,10 @@ linear = False
 
 
 def check(weight: Weight) -> None:
-    require_arrays(weight, ("sign", "exponent"))
-    sign, exponent = weight.arrays["sign"], weight.arrays["exponent"]
-    if not np.isin(sign, (-1, 0, 1)).all():
-        raise GraphError(f"weight {weight.name!r}: sign must be -1, 0 or 1")
-    max_exponent = int(weight.attrs.get("max_exponent", -1))
-    if max_exponent < 0 or max_exponent > 40:
-        raise GraphError(f"weight {weight.name!r}: max_exponent must be in 0..40")
-    if exponent.size and (exponent.min() < 0 or exponent.max() > max_exponent):
-        raise GraphError(f"weight {weight.name!r}: exponent outside 0..{max_exponent}")
+    max_exponent = check_sign_exponent(weight, exponent_cap=40)
     frac_bits = int(weight.attrs.get("lut_frac_bits", -1))
     if frac_bits < (max_exponent + 1) // 2 or frac_bits > 24:
         raise GraphError(f"weight {weight.name!r}: lut_frac_bits must be in {(max_exponent + 1) // 2}..24")
-    per_channel(weight, "scale")
 
 
 def round_sqrt2_scaled(x: int, power: int) -> int:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qexport.errors import GraphError
-from qexport.formats.base import Term, broadcast_channel, identity_table, per_channel, require_arrays
+from qexport.formats.base import Term, broadcast_channel, check_sign_exponent, identity_table, per_channel
 from qexport.ir.graph import Weight
 
 name = "pot"
@@ -13,16 +12,7 @@ linear = True
 
 
 def check(weight: Weight) -> None:
-    require_arrays(weight, ("sign", "exponent"))
-    sign, exponent = weight.arrays["sign"], weight.arrays["exponent"]
-    if not np.isin(sign, (-1, 0, 1)).all():
-        raise GraphError(f"weight {weight.name!r}: sign must be -1, 0 or 1")
-    max_exponent = int(weight.attrs.get("max_exponent", -1))
-    if max_exponent < 0 or max_exponent > 30:
-        raise GraphError(f"weight {weight.name!r}: max_exponent must be in 0..30")
-    if exponent.size and (exponent.min() < 0 or exponent.max() > max_exponent):
-        raise GraphError(f"weight {weight.name!r}: exponent outside 0..{max_exponent}")
-    per_channel(weight, "scale")
+    check_sign_exponent(weight, exponent_cap=30)
 
 
 def integers(weight: Weight) -> np.ndarray:
