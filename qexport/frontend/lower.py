@@ -61,18 +61,10 @@ def _pair(value) -> list[int]:
 def _lower_weighted(b: _Builder, node: fx.Node, x: Quantized) -> Accumulator:
     module = b.gm.get_submodule(node.target)
     x_step = float(b.quant_of(x.tensor).scale)
-    weight_steps = b.steps(module.weight_quant)
+    weight = module.weight_quant.to_ir_weight(f"{node.target}.weight", module.weight)
+    b.graph.weights[weight.name] = weight
     out_channels = module.weight.shape[0]
-    weight_steps = np.broadcast_to(weight_steps, (out_channels,)).copy()
-    integers = module.weight_quant.integers(module.weight).to(torch.int64).numpy()
-    wq = module.weight_quant
-    b.graph.weights[f"{node.target}.weight"] = Weight(
-        f"{node.target}.weight",
-        "int_affine",
-        tuple(integers.shape),
-        {"values": integers},
-        {"dtype": IntType(True, wq.bits).name, "scale": weight_steps.tolist(), "zero_point": 0, "axis": 0},
-    )
+    weight_steps = np.broadcast_to(b.steps(module.weight_quant), (out_channels,)).astype(np.float64)
     acc_scale = x_step * weight_steps
     attrs: dict = {"weight": f"{node.target}.weight", "bias": None}
     if module.bias is not None:

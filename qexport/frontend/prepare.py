@@ -39,14 +39,17 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
 def _swap_weighted(gm: fx.GraphModule, config: QuantConfig) -> None:
     weighted = [node for node in gm.graph.nodes if node_kind(gm, node) in ("conv", "linear")]
     for index, node in enumerate(weighted):
-        bits = (
-            config.first_bits if index == 0 else config.last_bits if index == len(weighted) - 1 else config.weight_bits
-        )
+        edge = index in (0, len(weighted) - 1)  # first and last layers stay LSQ integers at their own widths
+        bits = config.first_bits if index == 0 else config.last_bits if edge else config.weight_bits
         module = gm.get_submodule(node.target)
         cls = QConv2d if isinstance(module, nn.Conv2d) else QLinear
         try:
             quantized = cls.from_float(
-                module, weight_bits=bits, per_channel=config.per_channel_weights, pow2=config.pow2_scales
+                module,
+                weight_bits=bits,
+                per_channel=config.per_channel_weights,
+                pow2=config.pow2_scales,
+                weight_format="int_affine" if edge else config.weight_format,
             )
         except ValueError as error:
             raise LoweringError(f"layer {describe(gm, node)}: {error}") from None

@@ -8,6 +8,7 @@ from typing import Any
 from qexport.errors import QExportError
 
 MIN_QAT_BITS, MAX_QAT_BITS = 2, 8
+WEIGHT_FORMATS = ("int_affine", "pot")
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,18 @@ class QuantConfig:
     residual_bits: int = 8  # signed tensors entering a residual add
     pow2_scales: bool = False
     per_channel_weights: bool = True
+    weight_format: str = "int_affine"  # middle layers: int_affine (LSQ) or pot (power-of-two weights)
 
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
             if field.name.endswith("_bits") and not (isinstance(value, int) and MIN_QAT_BITS <= value <= MAX_QAT_BITS):
                 raise QExportError(f"quant config: {field.name}={value!r} out of range {MIN_QAT_BITS}..{MAX_QAT_BITS}")
+        if self.weight_format not in WEIGHT_FORMATS:
+            known = ", ".join(WEIGHT_FORMATS)
+            raise QExportError(f"quant config: weight_format={self.weight_format!r} (known: {known})")
+        if self.weight_format == "pot" and self.weight_bits < 3:
+            raise QExportError("quant config: pot weights need weight_bits >= 3 (a sign and two exponents)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
+from qexport.ir.dtypes import IntType
+from qexport.ir.graph import Weight
 from qexport.quant.ste import grad_scale, round_ste
 
 SEARCH_RATIOS = torch.linspace(0.2, 1.0, 33)
@@ -82,6 +85,19 @@ class LsqQuantizer(nn.Module):
         per_step_elements = x.numel() / self.step_param.numel()
         step = grad_scale(self.step_for(x), 1.0 / math.sqrt(per_step_elements * self.qmax))
         return torch.clamp(round_ste(x / step), self.qmin, self.qmax) * step
+
+    def to_ir_weight(self, name: str, w: torch.Tensor) -> Weight:
+        """The IR weight (``int_affine``, symmetric, per-channel steps) of ``w``."""
+        steps = self.step().detach().to(torch.float32).numpy().astype(np.float64)
+        steps = np.broadcast_to(steps, (w.shape[0],)).copy()
+        values = self.integers(w).to(torch.int64).numpy()
+        return Weight(
+            name,
+            "int_affine",
+            tuple(w.shape),
+            {"values": values},
+            {"dtype": IntType(True, self.bits).name, "scale": steps.tolist(), "zero_point": 0, "axis": 0},
+        )
 
 
 class ActQuant(LsqQuantizer):

@@ -12,9 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from qexport.quant.lsq import LsqQuantizer
+from qexport.quant.pot import PotQuantizer
 from qexport.quant.ste import round_ste
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def weight_quantizer(weight_format: str, bits: int, out_channels: int, per_channel: bool, pow2: bool) -> nn.Module:
+    """LSQ integers (``int_affine``) or power-of-two levels (``pot``, always per channel)."""
+    if weight_format == "pot":
+        return PotQuantizer(bits, out_channels, channel_dim=0, pow2=pow2)
+    channels = out_channels if per_channel else 1
+    return LsqQuantizer(bits, True, channels, 0 if per_channel else None, pow2=pow2)
 
 
 class InputQuantRef:
@@ -55,10 +64,17 @@ class _QuantWeighted(InputQuantRef):
 
 
 class QConv2d(nn.Conv2d, _QuantWeighted):
-    def __init__(self, *args, weight_bits: int = 4, per_channel: bool = True, pow2: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        weight_bits: int = 4,
+        per_channel: bool = True,
+        pow2: bool = False,
+        weight_format: str = "int_affine",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        channels = self.out_channels if per_channel else 1
-        self.weight_quant = LsqQuantizer(weight_bits, True, channels, 0 if per_channel else None, pow2=pow2)
+        self.weight_quant = weight_quantizer(weight_format, weight_bits, self.out_channels, per_channel, pow2)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, **quant_kwargs) -> QConv2d:
@@ -85,10 +101,17 @@ class QConv2d(nn.Conv2d, _QuantWeighted):
 
 
 class QLinear(nn.Linear, _QuantWeighted):
-    def __init__(self, *args, weight_bits: int = 4, per_channel: bool = True, pow2: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        weight_bits: int = 4,
+        per_channel: bool = True,
+        pow2: bool = False,
+        weight_format: str = "int_affine",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        channels = self.out_features if per_channel else 1
-        self.weight_quant = LsqQuantizer(weight_bits, True, channels, 0 if per_channel else None, pow2=pow2)
+        self.weight_quant = weight_quantizer(weight_format, weight_bits, self.out_features, per_channel, pow2)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **quant_kwargs) -> QLinear:
