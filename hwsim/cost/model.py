@@ -12,6 +12,7 @@ from hwsim.cost.systolic import ConvShape, MemoryConfig, layer_cost, memory_cost
 from hwsim.cost.targets import Hardware
 from hwsim.cost.vector import vector_cycles
 from hwsim.counters import LayerCounts, accumulators, layer_counts
+from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node
 from qexport.ir.ops import Op
 
@@ -126,8 +127,9 @@ def conv_shape(graph: Graph, node: Node) -> ConvShape:
 def _operand_bits(graph: Graph, node: Node) -> tuple[int, int]:
     x_bits = graph.tensors[node.inputs[0]].dtype.bits
     weight = graph.weights[node.attrs["weight"]]
-    dtype = weight.attrs.get("dtype", "INT8")
-    return x_bits, int(dtype.lstrip("UINT")) if weight.format == "int_affine" else 8
+    if weight.format == "int_affine":
+        return x_bits, IntType.parse(weight.attrs["dtype"]).bits
+    return x_bits, 8  # shift, LUT and codebook units are costed as 8-bit operations
 
 
 def _energy(hw: Hardware, graph: Graph, node: Node, counts: LayerCounts, sram: int, dram: int) -> dict[str, float]:
