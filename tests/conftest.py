@@ -4,6 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI must be reproducible: by default hypothesis derives its examples from each test's name.
+# Explore with fresh random examples: HYPOTHESIS_PROFILE=explore python -m pytest
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -76,17 +76,22 @@ def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
     low, high = node.attrs["clip_min"], node.attrs["clip_max"]
     if not (out.dtype.min <= low <= high <= out.dtype.max):
         raise GraphError(f"node {node.name!r}: clip [{low}, {high}] outside {out.dtype.name}")
+    def magnitude_bits(info) -> int:  # |value| <= 2**magnitude_bits
+        return info.dtype.bits - 1 if info.dtype.signed else info.dtype.bits
+
     dynamic_bits = 0
     if len(node.inputs) == 2:
         dynamic = graph.tensors[node.inputs[1]]
         if len(dynamic.shape) != 1:
             raise GraphError(f"node {node.name!r}: dynamic multiplier {dynamic.name!r} must be one value per sample")
-        dynamic_bits = dynamic.dtype.bits
-    acc_bits = graph.tensors[node.inputs[0]].dtype.bits
+        dynamic_bits = magnitude_bits(dynamic)
+    acc_info = graph.tensors[node.inputs[0]]
+    acc_bits = acc_info.dtype.bits
     shifts = node.attrs["shift"] * (channels if len(node.attrs["shift"]) == 1 else 1)
     multipliers = node.attrs["multiplier"] * (channels if len(node.attrs["multiplier"]) == 1 else 1)
     for multiplier, shift in zip(multipliers, shifts, strict=False):
-        if acc_bits + multiplier.bit_length() + dynamic_bits + max(-shift, 0) > 63:
+        # |acc * multiplier * dynamic << left| must stay below 2**62 (rounding then adds less than 2**61)
+        if magnitude_bits(acc_info) + multiplier.bit_length() + dynamic_bits + max(-shift, 0) > 62:
             raise GraphError(
                 f"node {node.name!r}: {acc_bits}-bit accumulator x multiplier {multiplier} << {max(-shift, 0)} "
                 "can exceed 64 bits"
