@@ -32,7 +32,7 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 
 def cases():
     _, _, x_test, y_test = digits_split()
-    for name in ("digits_cnn_w4a4.ckpt", "digits_cnn_w4a4_lsq.ckpt"):
+    for name in ("digits_cnn_w4a4.ckpt", "digits_cnn_w4a4_lsq.ckpt", "digits_cnn_w4a4_pot.ckpt"):
         checkpoint = load_checkpoint(MODELS / name)
         graph = lower(checkpoint.model, checkpoint.input_shape)
         scales = "pow2" if checkpoint.config.pow2_scales else "free"

@@ -24,5 +24,10 @@ def digits_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_pot_checkpoint() -> Path:
+    return ROOT / "models" / "digits_cnn_w4a4_pot.ckpt"
+
+
+@pytest.fixture(scope="session")
 def digits_lsq_checkpoint() -> Path:
     return ROOT / "models" / "digits_cnn_w4a4_lsq.ckpt"

@@ -59,7 +59,7 @@ def test_default_export_runs_with_default_onnxruntime_optimizations(name: str, b
     np.testing.assert_array_equal(outputs, run_float(graph, {graph.inputs[0]: inputs})[graph.outputs[0]])
 
 
-@pytest.mark.parametrize("fixture", ["digits_checkpoint", "digits_lsq_checkpoint"])
+@pytest.mark.parametrize("fixture", ["digits_checkpoint", "digits_lsq_checkpoint", "digits_pot_checkpoint"])
 def test_shipped_models(fixture: str, request: pytest.FixtureRequest) -> None:
     checkpoint = load_checkpoint(request.getfixturevalue(fixture))
     graph = lower(checkpoint.model, checkpoint.input_shape)
