@@ -440,8 +440,4 @@ def dequantize(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:
     return (values - quant.zero_point).astype(np.float32) * np.float32(quant.scale)
 
 
-def total(counts: list[LayerCounts], field: str) -> int:
-    return int(sum(getattr(layer, field) for layer in counts))
-
-
-__all__ = ["Engine", "dequantize", "quantize", "total"]
+__all__ = ["Engine", "dequantize", "quantize"]

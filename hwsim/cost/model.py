@@ -225,13 +225,7 @@ def estimate(
         costs = [_systolic(hw, graph, node, c, batch) for node, c in zip(graph.nodes, counts, strict=True)]
     else:
         costs = [_vector(hw, graph, node, c) for node, c in zip(graph.nodes, counts, strict=True)]
-    per_image = layer_counts(graph, 1, codebook_style) if batch != 1 else counts
+    weight_bytes = sum(c.weight_bytes for c in counts)  # weights and LUTs do not depend on the batch
     return Estimate(
-        hw,
-        batch,
-        counts,
-        costs,
-        sum(c.weight_bytes for c in per_image),
-        sum(c.lut_bytes for c in per_image),
-        peak_activation_bytes(graph),
+        hw, batch, counts, costs, weight_bytes, sum(c.lut_bytes for c in counts), peak_activation_bytes(graph)
     )

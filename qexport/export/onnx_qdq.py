@@ -10,8 +10,6 @@ the true range (see docs/onnx.md).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ml_dtypes
 import numpy as np
 import onnx
@@ -260,8 +258,3 @@ def with_intermediate_outputs(model: onnx.ModelProto, graph: Graph) -> onnx.Mode
         if name in present and name not in outputs:
             exposed.graph.output.append(_value_info(graph, name))
     return exposed
-
-
-def save_onnx(graph: Graph, path: Path, native_bits: tuple[int, ...] = DEFAULT_NATIVE_BITS) -> Path:
-    onnx.save_model(export_onnx(graph, native_bits), str(path))
-    return Path(path)

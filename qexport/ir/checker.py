@@ -76,6 +76,7 @@ def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
     low, high = node.attrs["clip_min"], node.attrs["clip_max"]
     if not (out.dtype.min <= low <= high <= out.dtype.max):
         raise GraphError(f"node {node.name!r}: clip [{low}, {high}] outside {out.dtype.name}")
+
     def magnitude_bits(info) -> int:  # |value| <= 2**magnitude_bits
         return info.dtype.bits - 1 if info.dtype.signed else info.dtype.bits
 
