@@ -52,7 +52,7 @@ def main() -> None:
         first_bits=8,
         last_bits=8,
         pow2_scales=not args.free_scales,
-        weight_format=args.weight_format,
+        weight_method=args.weight_format,
     )
     qat = prepare_qat(model, config)
     calibrate(qat, x_train[:256])

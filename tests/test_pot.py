@@ -67,14 +67,16 @@ def test_all_zero_channel_stays_zero_with_unit_alpha() -> None:
 
 def test_pot_needs_three_bits() -> None:
     with pytest.raises(QExportError, match="pot weights need weight_bits >= 3"):
-        QuantConfig(weight_bits=2, weight_format="pot")
-    with pytest.raises(QExportError, match="weight_format='apot'"):
-        QuantConfig(weight_format="apot")
+        QuantConfig(weight_bits=2, weight_method="pot")
+    with pytest.raises(QExportError, match="weight_method='nope'"):
+        QuantConfig(weight_method="nope")
+    legacy = QuantConfig.from_dict({"weight_format": "int_affine"})  # checkpoints written before weight_method
+    assert legacy.weight_method == "lsq"
 
 
 @pytest.mark.parametrize("pow2", [True, False])
 def test_resnet20_with_pot_weights_end_to_end(pow2: bool) -> None:
-    config = QuantConfig(weight_bits=4, act_bits=4, pow2_scales=pow2, weight_format="pot")
+    config = QuantConfig(weight_bits=4, act_bits=4, pow2_scales=pow2, weight_method="pot")
     model, graph, _ = zoo_graph("resnet20", config, seed=3)
     formats = [graph.weights[node.attrs["weight"]].format for node in graph.nodes if "weight" in node.attrs]
     assert formats[0] == formats[-1] == "int_affine" and set(formats[1:-1]) == {"pot"}

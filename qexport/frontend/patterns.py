@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from qexport.quant.base import ActivationQuantizer
 from qexport.quant.lsq import LsqQuantizer
 from qexport.quant.modules import QAvgPool2d, QConv2d, QLinear
 
 MODULE_KINDS: list[tuple[type, str]] = [
     (LsqQuantizer, "quant"),
+    (ActivationQuantizer, "quant"),
     (QConv2d, "qconv"),
     (QLinear, "qlinear"),
     (QAvgPool2d, "qavgpool"),

@@ -12,6 +12,7 @@ from qexport.frontend.patterns import ACTIVATIONS, GRID_PRESERVING, WEIGHTED, de
 from qexport.quant.config import QuantConfig
 from qexport.quant.lsq import ActQuant
 from qexport.quant.modules import QAvgPool2d, QConv2d, QLinear
+from qexport.quant.registry import make_act_quantizer
 
 
 def _fold_batchnorm(gm: fx.GraphModule) -> None:
@@ -47,9 +48,8 @@ def _swap_weighted(gm: fx.GraphModule, config: QuantConfig) -> None:
             quantized = cls.from_float(
                 module,
                 weight_bits=bits,
-                per_channel=config.per_channel_weights,
-                pow2=config.pow2_scales,
-                weight_format="int_affine" if edge else config.weight_format,
+                weight_method="lsq" if edge else config.weight_method,
+                config=config,
             )
         except ValueError as error:
             raise LoweringError(f"layer {describe(gm, node)}: {error}") from None
@@ -87,13 +87,16 @@ def _insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
     def quant(bits: int, signed: bool) -> ActQuant:
         return ActQuant(bits, signed, pow2=config.pow2_scales)
 
+    def act_quant(bits: int) -> nn.Module:
+        return make_act_quantizer(config.act_method, bits, False, config)
+
     for node in list(gm.graph.nodes):
         kind = node_kind(gm, node)
         users = list(node.users)
         if kind == "placeholder":
             _insert_after(gm, node, f"{node.name}_quant", quant(config.input_bits, True))
         elif kind in ACTIVATIONS:
-            _insert_after(gm, node, f"{node.name}_quant", quant(config.act_bits, False))
+            _insert_after(gm, node, f"{node.name}_quant", act_quant(config.act_bits))
         elif kind in WEIGHTED or kind == "add":
             if len(users) == 1 and node_kind(gm, users[0]) in ACTIVATIONS | {"add"}:
                 continue

@@ -7,6 +7,7 @@ With ``pow2=True`` the learned parameter is log2 of the step and the forward ste
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ from torch import nn
 from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Weight
 from qexport.quant.ste import grad_scale, round_ste
+
+if TYPE_CHECKING:
+    from qexport.quant.config import QuantConfig
 
 SEARCH_RATIOS = torch.linspace(0.2, 1.0, 33)
 
@@ -105,3 +109,12 @@ class ActQuant(LsqQuantizer):
 
     def __init__(self, bits: int, signed: bool, pow2: bool = False):
         super().__init__(bits, signed, channels=1, channel_dim=None, pow2=pow2)
+
+
+def make_weight_quantizer(bits: int, channels: int, config: QuantConfig) -> LsqQuantizer:
+    per_channel = config.per_channel_weights
+    return LsqQuantizer(bits, True, channels if per_channel else 1, 0 if per_channel else None, pow2=config.pow2_scales)
+
+
+def make_act_quantizer(bits: int, signed: bool, config: QuantConfig) -> ActQuant:
+    return ActQuant(bits, signed, pow2=config.pow2_scales)

@@ -11,19 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qexport.quant.config import QuantConfig
 from qexport.quant.lsq import LsqQuantizer
-from qexport.quant.pot import PotQuantizer
+from qexport.quant.registry import make_weight_quantizer
 from qexport.quant.ste import round_ste
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
-
-def weight_quantizer(weight_format: str, bits: int, out_channels: int, per_channel: bool, pow2: bool) -> nn.Module:
-    """LSQ integers (``int_affine``) or power-of-two levels (``pot``, always per channel)."""
-    if weight_format == "pot":
-        return PotQuantizer(bits, out_channels, channel_dim=0, pow2=pow2)
-    channels = out_channels if per_channel else 1
-    return LsqQuantizer(bits, True, channels, 0 if per_channel else None, pow2=pow2)
 
 
 class InputQuantRef:
@@ -68,13 +61,13 @@ class QConv2d(nn.Conv2d, _QuantWeighted):
         self,
         *args,
         weight_bits: int = 4,
-        per_channel: bool = True,
-        pow2: bool = False,
-        weight_format: str = "int_affine",
+        weight_method: str = "lsq",
+        config: QuantConfig | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.weight_quant = weight_quantizer(weight_format, weight_bits, self.out_channels, per_channel, pow2)
+        config = config or QuantConfig()
+        self.weight_quant = make_weight_quantizer(weight_method, weight_bits, self.out_channels, config)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, **quant_kwargs) -> QConv2d:
@@ -105,13 +98,13 @@ class QLinear(nn.Linear, _QuantWeighted):
         self,
         *args,
         weight_bits: int = 4,
-        per_channel: bool = True,
-        pow2: bool = False,
-        weight_format: str = "int_affine",
+        weight_method: str = "lsq",
+        config: QuantConfig | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.weight_quant = weight_quantizer(weight_format, weight_bits, self.out_features, per_channel, pow2)
+        config = config or QuantConfig()
+        self.weight_quant = make_weight_quantizer(weight_method, weight_bits, self.out_features, config)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **quant_kwargs) -> QLinear:

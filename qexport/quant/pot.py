@@ -9,6 +9,7 @@ nearest to it in the linear domain (ties toward the larger level); values past `
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from torch import nn
 
 from qexport.ir.graph import Weight
 from qexport.quant.ste import grad_scale, round_ste
+
+if TYPE_CHECKING:
+    from qexport.quant.config import QuantConfig
 
 
 def pot_exponents(ratio: torch.Tensor, max_exponent: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,3 +96,8 @@ class PotQuantizer(nn.Module):
             {"sign": sign.to(torch.int64).numpy(), "exponent": exponent.to(torch.int64).numpy()},
             {"scale": alpha.tolist(), "max_exponent": self.max_exponent},
         )
+
+
+def make_weight_quantizer(bits: int, channels: int, config: QuantConfig) -> PotQuantizer:
+    """Always per output channel."""
+    return PotQuantizer(bits, channels, channel_dim=0, pow2=config.pow2_scales)
