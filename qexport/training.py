@@ -32,14 +32,22 @@ def train(
     seed: int,
     batch_size: int = 64,
     log: Log | None = None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Adam with cosine decay and cross-entropy; batches drawn from a seeded generator."""
+    """Adam with cosine decay and cross-entropy; batches drawn from a seeded generator.
+
+    ``extra_loss(model)`` is added to every batch's loss (e.g. a bit budget penalty);
+    ``on_epoch(epoch, model)`` runs before each epoch (e.g. a progressive bit-width schedule).
+    """
     generator = torch.Generator().manual_seed(seed)
     inputs, labels = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(epochs):
+        if on_epoch is not None:
+            on_epoch(epoch, model)
         model.train()
         order = torch.randperm(len(inputs), generator=generator)
         total = 0.0
@@ -47,6 +55,8 @@ def train(
             batch = order[start : start + batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model(inputs[batch]), labels[batch])
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
             loss.backward()
             optimizer.step()
             total += float(loss) * len(batch)

@@ -25,6 +25,7 @@ ADD_ALIGN_BITS = 16  # extra accumulator precision when two operand scales are n
 @dataclass
 class Quantized:
     tensor: str
+    dynamic: str | None = None  # a per-sample factor of the scale (see Accumulator.dynamic)
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Accumulator:
     tensor: str
     scale: np.ndarray  # per channel, float64 (exact product of float32 steps)
     activation: str | None = None  # "relu" / "relu6" still to apply
+    # per-sample factor of the scale: a [N] tensor of fixed-point values (input-adaptive step sizes);
+    # the real scale of sample n is scale * value[n] * that tensor's quant scale
+    dynamic: str | None = None
 
 
 class _Builder:
@@ -91,10 +95,12 @@ def _lower_weighted(b: _Builder, node: fx.Node, x: Quantized) -> Accumulator:
     out = b.add_node(
         op, node.target, [x.tensor], f"{node.name}_acc", INT32, QuantInfo(acc_scale.tolist(), 0, 1), **attrs
     )
-    return Accumulator(out, acc_scale)
+    return Accumulator(out, acc_scale, dynamic=x.dynamic)
 
 
 def _lower_add(b: _Builder, node: fx.Node, lhs: Quantized, rhs: Quantized) -> Accumulator:
+    if lhs.dynamic or rhs.dynamic:
+        raise LoweringError(f"layer {describe(b.gm, node)}: an add of input-adaptive (per-sample) scales")
     lhs_step, rhs_step = float(b.quant_of(lhs.tensor).scale), float(b.quant_of(rhs.tensor).scale)
     small = min(lhs_step, rhs_step)
     exact = is_power_of_two(max(lhs_step, rhs_step) / small)
@@ -125,6 +131,11 @@ def _activation_clip(activation: str | None, step: float, dtype: IntType) -> tup
 
 def _lower_requant(b: _Builder, node: fx.Node, acc: Accumulator) -> Quantized:
     quantizer: LsqQuantizer = b.gm.get_submodule(node.target)
+    custom = getattr(quantizer, "lower_requant", None)
+    if custom is not None:  # quantizers with their own integer form (e.g. ASQ's adapter subgraph)
+        return custom(b, node, acc)
+    if acc.dynamic is not None:
+        raise LoweringError(f"layer {describe(b.gm, node)}: cannot requantize an input-adaptive scale statically")
     step = float(b.steps(quantizer)[0])
     dtype = IntType(quantizer.signed, quantizer.bits)
     pairs = [multiplier_and_shift(float(s) / step) for s in acc.scale]
@@ -238,7 +249,9 @@ def lower(
             elif isinstance(source, Quantized):
                 info = b.graph.tensors[source.tensor]
                 env[node] = _lower_requant(
-                    b, node, Accumulator(source.tensor, np.full(info.shape[1], float(info.quant.scale)))
+                    b,
+                    node,
+                    Accumulator(source.tensor, np.full(info.shape[1], float(info.quant.scale)), None, source.dynamic),
                 )
             else:
                 raise LoweringError(f"layer {where}: quantizer input cannot be lowered")
@@ -248,7 +261,7 @@ def lower(
             env[node] = _lower_weighted(b, node, args[0])
         elif kind in ("relu", "relu6"):
             if isinstance(args[0], Accumulator) and args[0].activation is None:
-                env[node] = Accumulator(args[0].tensor, args[0].scale, kind)
+                env[node] = Accumulator(args[0].tensor, args[0].scale, kind, args[0].dynamic)
             elif isinstance(args[0], Quantized):
                 info = b.graph.tensors[args[0].tensor]
                 low, high = _activation_clip(kind, float(info.quant.scale), info.dtype)
@@ -262,7 +275,8 @@ def lower(
                         info.quant,
                         clip_min=low,
                         clip_max=high,
-                    )
+                    ),
+                    args[0].dynamic,
                 )
             else:
                 raise LoweringError(f"layer {where}: activation input cannot be lowered")
@@ -274,19 +288,21 @@ def lower(
             if not isinstance(args[0], Quantized):
                 raise LoweringError(f"layer {where}: pooling input is not a quantized tensor")
             env[node] = _lower_pool(b, node, kind, args[0])
+            env[node].dynamic = args[0].dynamic
         elif kind == "flatten":
             if not isinstance(args[0], Quantized) or _flatten_start(b, node) != 1:
                 raise LoweringError(f"layer {where}: only flatten(x, 1) of a quantized tensor is supported")
             info = b.graph.tensors[args[0].tensor]
             env[node] = Quantized(
-                b.add_node(Op.FLATTEN, node.name, [args[0].tensor], node.name, info.dtype, info.quant)
+                b.add_node(Op.FLATTEN, node.name, [args[0].tensor], node.name, info.dtype, info.quant),
+                args[0].dynamic,
             )
         elif kind == "identity":
             env[node] = args[0]
         elif kind == "output":
             result = args[0]
-            if not isinstance(result, Quantized):
-                raise LoweringError("model output is not quantized (add an output quantizer)")
+            if not isinstance(result, Quantized) or result.dynamic is not None:
+                raise LoweringError("model output is not quantized on a static grid (add an output quantizer)")
             b.graph.outputs.append(result.tensor)
         else:
             raise LoweringError(f"layer {where}: unsupported operation for integer lowering")
