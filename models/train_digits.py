@@ -1,10 +1,10 @@
-"""Train the shipped digits CNN: float training, BN folding, then W4A4 QAT (8-bit first/last).
+"""Train the shipped digits checkpoints: one float model, then every method from it (W4A4, 8-bit first/last).
 
-    python models/train_digits.py                 # power-of-two steps -> models/digits_cnn_w4a4.ckpt
-    python models/train_digits.py --free-scales   # free LSQ steps     -> models/digits_cnn_w4a4_lsq.ckpt
-    python models/train_digits.py --weight-format pot   # power-of-two weights -> models/digits_cnn_w4a4_pot.ckpt
+    python models/train_digits.py              # every checkpoint listed in SHIPPED
+    python models/train_digits.py pot post     # just these
 
-Deterministic (fixed seeds, deterministic torch algorithms, 2 threads); about 30 s on 2 CPU cores.
+Deterministic (fixed seeds, deterministic torch algorithms, 2 threads). The float weights are saved to
+models/digits_cnn_float.safetensors so `qexport-train METHOD --float ...` starts from the same model.
 """
 
 from __future__ import annotations
@@ -16,63 +16,59 @@ from pathlib import Path
 
 import torch
 
-from qexport.checkpoint import checkpoint_from_model, save_checkpoint
+from qexport.checkpoint import checkpoint_from_model, save_checkpoint, save_float_weights
 from qexport.data import digits_split
-from qexport.frontend.prepare import prepare_qat
+from qexport.methods import run_method
 from qexport.quant.config import QuantConfig
-from qexport.training import accuracy, calibrate, seed_everything, train
-from qexport.zoo import build
+from qexport.train_cli import ARCHITECTURE, train_float
+from qexport.training import accuracy, seed_everything
 
 HERE = Path(__file__).parent
+FLOAT = HERE / "digits_cnn_float.safetensors"
+# checkpoint file -> (method, power-of-two scales)
+SHIPPED = {
+    "digits_cnn_w4a4.ckpt": ("lsq", True),
+    "digits_cnn_w4a4_lsq.ckpt": ("lsq", False),
+    "digits_cnn_w4a4_pot.ckpt": ("pot", True),
+    "digits_cnn_w4a4_post.ckpt": ("post", True),
+    "digits_cnn_w4a4_asq.ckpt": ("asq", True),
+    "digits_cnn_w4a4_apot.ckpt": ("apot", True),
+    "digits_cnn_w4a4_codebook.ckpt": ("codebook", True),
+    "digits_cnn_w4a4_ddq.ckpt": ("ddq", True),
+    "digits_cnn_w4a4_pqde.ckpt": ("pqde", True),
+    "digits_cnn_w4a4_rapq.ckpt": ("rapq", True),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--free-scales", action="store_true", help="learn unconstrained (non power-of-two) steps")
-    parser.add_argument(
-        "--weight-format",
-        choices=["int_affine", "pot"],
-        default="int_affine",
-        help="middle layers' weights: LSQ integers or power-of-two levels",
-    )
-    parser.add_argument("--float-epochs", type=int, default=40)
-    parser.add_argument("--qat-epochs", type=int, default=40)
-    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("names", nargs="*", help=f"checkpoints or methods to train (default: all of {list(SHIPPED)})")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    seed_everything(0)
-    started = time.perf_counter()
-    x_train, y_train, x_test, y_test = digits_split()
-    model = train(build("digits_cnn"), x_train, y_train, args.float_epochs, lr=1e-2, seed=0, log=print)
-    float_accuracy = accuracy(model, x_test, y_test)
-    print(f"float test accuracy {float_accuracy:.4f}")
-    config = QuantConfig(
-        weight_bits=4,
-        act_bits=4,
-        first_bits=8,
-        last_bits=8,
-        pow2_scales=not args.free_scales,
-        weight_method=args.weight_format,
-    )
-    qat = prepare_qat(model, config)
-    calibrate(qat, x_train[:256])
-    print(f"after calibration {accuracy(qat, x_test, y_test):.4f}")
-    qat = train(qat, x_train, y_train, args.qat_epochs, lr=2e-3, seed=1, log=print)
-    qat_accuracy = accuracy(qat, x_test, y_test)
-    seconds = time.perf_counter() - started
-    print(f"QAT test accuracy {qat_accuracy:.4f} ({seconds:.1f} s)")
-    suffix = ("_lsq" if args.free_scales else "") + ("_pot" if args.weight_format == "pot" else "")
-    name = f"digits_cnn_w4a4{suffix}.ckpt"
-    output = args.output or HERE / name
-    info = {
-        "dataset": "digits",
-        "float_accuracy": float_accuracy,
-        "qat_accuracy": qat_accuracy,
-        "train_seconds": round(seconds, 1),
-        "trained_by": "models/train_digits.py",
+    wanted = {
+        name: spec
+        for name, spec in SHIPPED.items()
+        if not args.names or name in args.names or spec[0] in args.names
     }
-    save_checkpoint(output, checkpoint_from_model(qat, "digits_cnn", {}, config, **info))
-    print(json.dumps({"checkpoint": str(output), **info}))
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    float_model, float_accuracy = train_float(print)
+    print(f"float test accuracy {float_accuracy:.4f}")
+    save_float_weights(FLOAT, float_model, ARCHITECTURE, {}, float_accuracy=float_accuracy, trained_by=__file__)
+    x_train, y_train, x_test, y_test = digits_split()
+    for name, (method, pow2) in wanted.items():
+        seed_everything(1)
+        config = QuantConfig(weight_bits=4, act_bits=4, first_bits=8, last_bits=8, pow2_scales=pow2)
+        trained = run_method(method, float_model, config, (x_train, y_train), epochs=40, lr=2e-3, seed=1, log=print)
+        info = {
+            "dataset": "digits",
+            "float_accuracy": float_accuracy,
+            "qat_accuracy": accuracy(trained.model, x_test, y_test),
+            **trained.info,
+            "trained_by": "models/train_digits.py",
+        }
+        save_checkpoint(HERE / name, checkpoint_from_model(trained.model, ARCHITECTURE, {}, trained.config, **info))
+        print(json.dumps({"checkpoint": name, **info}))
+    print(f"done in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

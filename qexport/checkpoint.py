@@ -122,3 +122,47 @@ def checkpoint_from_model(
 ) -> Checkpoint:
     info.setdefault("input_shape", list(build(architecture, **arch_kwargs).input_shape))
     return Checkpoint(architecture, arch_kwargs, config, model, info)
+
+
+FLOAT_KEY = "qexport_float_weights"
+
+
+def save_float_weights(path: Path, model: Any, architecture: str, arch_kwargs: dict[str, Any], **info: Any) -> None:
+    """A trained float model (before quantization) as safetensors; every method can start from it."""
+    state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    metadata = {
+        FLOAT_KEY: FORMAT_VERSION,
+        "architecture": architecture,
+        "arch_kwargs": json.dumps(arch_kwargs),
+        "info": json.dumps(info),
+    }
+    save_file(state, str(path), metadata=metadata)
+
+
+def load_float_weights(path: Path | str) -> tuple[Any, str, dict[str, Any]]:
+    """(float model in eval mode, architecture, info) from ``save_float_weights`` (never unpickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such float weights file")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+        if head.startswith(PICKLE_SIGNATURES):
+            raise CheckpointError(f"{path}: this is a pickle/torch.save file; qexport never unpickles")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get(FLOAT_KEY) != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: not a qexport float weights file (metadata {FLOAT_KEY} missing)")
+        architecture, arch_kwargs = metadata["architecture"], json.loads(metadata["arch_kwargs"])
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path}: corrupt float weights ({error})") from None
+    model = build(architecture, **arch_kwargs)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path}: weights do not match architecture {architecture!r} ({first})") from None
+    return model.eval(), architecture, json.loads(metadata.get("info", "{}"))
