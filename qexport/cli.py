@@ -13,7 +13,7 @@ from rich.table import Table
 from qexport.data import verification_data
 from qexport.errors import QExportError
 from qexport.pipeline import add_verification, run_export
-from qexport.targets import available_targets, load_target, with_native_bits
+from qexport.targets import available_targets, load_target, with_native_bits, with_post_mac
 from qexport.verify import Verification, verify
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -60,12 +60,17 @@ def main(
     onnx_native_bits: Annotated[
         str | None, typer.Option(help="ONNX integer widths to use natively, e.g. 2,4,8,16 [from the target]")
     ] = None,
+    post_mac: Annotated[
+        str | None, typer.Option(help="powers-of-sqrt(2) weights: lut (shift + LUT) or split [from the target]")
+    ] = None,
 ) -> None:
     """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
     try:
         target_spec = load_target(target)
         if onnx_native_bits is not None:
             target_spec = with_native_bits(target_spec, onnx_native_bits)
+        if post_mac is not None:
+            target_spec = with_post_mac(target_spec, post_mac)
         out_dir = output or Path(f"{source.stem}_{target_spec.name}")
         with Progress(
             TextColumn("{task.description}"),

@@ -96,7 +96,11 @@ def run_export(
     checkpoint = load_checkpoint(source)
     step("lower to integer IR")
     graph = lower(
-        checkpoint.model, checkpoint.input_shape, name=checkpoint.architecture, max_acc_bits=target.max_acc_bits
+        checkpoint.model,
+        checkpoint.input_shape,
+        name=checkpoint.architecture,
+        max_acc_bits=target.max_acc_bits,
+        post_mac=target.post_mac,
     )
     graph.metadata.update(source=Path(source).name, target=target.name, qexport_version=__version__)
     check_against_target(graph, target)

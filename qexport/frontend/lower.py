@@ -16,10 +16,11 @@ from qexport.ir.dtypes import INT32, IntType
 from qexport.ir.graph import Graph, Node, QuantInfo, TensorInfo, Weight
 from qexport.ir.ops import Op
 from qexport.ir.shapes import infer_shape
-from qexport.passes.infer_accumulator_bits import DEFAULT_MAX_ACC_BITS, infer_accumulator_bits
+from qexport.passes.infer_accumulator_bits import DEFAULT_MAX_ACC_BITS, infer_accumulator_bits, weighted_range
 from qexport.quant.lsq import LsqQuantizer
 
-ADD_ALIGN_BITS = 16  # extra accumulator precision when two operand scales are not a power-of-two ratio
+ADD_ALIGN_BITS = 16
+POST_MACS = ("lut", "split")  # extra accumulator precision when two operand scales are not a power-of-two ratio
 
 
 @dataclass
@@ -39,9 +40,10 @@ class Accumulator:
 
 
 class _Builder:
-    def __init__(self, gm: fx.GraphModule, name: str):
+    def __init__(self, gm: fx.GraphModule, name: str, max_acc_bits: int, post_mac: str):
         self.gm = gm
         self.graph = Graph(name, [], [], {}, [], {}, {})
+        self.max_acc_bits, self.post_mac = max_acc_bits, post_mac
 
     def steps(self, quantizer: LsqQuantizer) -> np.ndarray:
         return quantizer.step().detach().to(torch.float32).numpy().astype(np.float64)
@@ -92,10 +94,63 @@ def _lower_weighted(b: _Builder, node: fx.Node, x: Quantized) -> Accumulator:
         )
     else:
         op = Op.LINEAR
+    if weight.format == "post" and b.post_mac == "split":
+        return _split_post(b, node, x, op, attrs, acc_scale)
     out = b.add_node(
         op, node.target, [x.tensor], f"{node.name}_acc", INT32, QuantInfo(acc_scale.tolist(), 0, 1), **attrs
     )
     return Accumulator(out, acc_scale, dynamic=x.dynamic)
+
+
+def _split_post(b: _Builder, node: fx.Node, x: Quantized, op: Op, attrs: dict, acc_scale: np.ndarray) -> Accumulator:
+    """Powers-of-sqrt(2) weights as two exact shift accumulators (even and odd exponents).
+
+    even: sum x * sign * 2**-(k/2), odd: sum x * sign * 2**-((k-1)/2), both on the grid 2**-F of
+    the post weight (F = lut_frac_bits, so the bias stays on the even one). The odd sum carries
+    an extra 1/sqrt(2); an add combines them once per output with integer multipliers
+    round(sqrt(2) * 2**a) and 2**a, a as large as the accumulator width allows (at most 16),
+    and requantization follows. No per-product rounding; see docs/methods/post.md.
+    """
+    post = b.graph.weights.pop(attrs["weight"])
+    frac_bits = int(post.attrs["lut_frac_bits"])
+    sign, exponent = post.arrays["sign"].astype(np.int64), post.arrays["exponent"].astype(np.int64)
+    alpha = np.asarray(post.attrs["scale"], dtype=np.float64)
+    accs = []
+    for part, parity, scale in (("even", 0, alpha), ("odd", 1, alpha / np.sqrt(2.0))):
+        chosen = (exponent % 2 == parity) & (sign != 0)
+        name = f"{post.name}_{part}"
+        b.graph.weights[name] = Weight(
+            name,
+            "pot",
+            post.shape,
+            {"sign": np.where(chosen, sign, 0), "exponent": np.where(chosen, (exponent - parity) // 2, 0)},
+            {"scale": np.atleast_1d(scale).tolist(), "max_exponent": frac_bits},
+        )
+        part_attrs = {**attrs, "weight": name, "bias": attrs["bias"] if part == "even" else None}
+        accs.append(
+            b.add_node(op, f"{node.target}.{part}", [x.tensor], f"{node.name}_acc_{part}", INT32, None, **part_attrs)
+        )
+    widest = max(
+        max(abs(low), abs(high)).bit_length()
+        for low, high in (weighted_range(b.graph, n) for n in b.graph.nodes[-2:])
+    )
+    align = min(16, b.max_acc_bits - 3 - widest)  # sqrt(2) * 2**a * |acc| + 2**a * |acc| < 2**(max_acc_bits - 1)
+    if align < 4:
+        raise LoweringError(f"layer {describe(b.gm, node)}: accumulators too wide for the split POST MAC")
+    combined_scale = acc_scale / np.sqrt(2.0) / (1 << align)
+    for tensor, scale in zip(accs, (acc_scale, acc_scale / np.sqrt(2.0)), strict=True):
+        b.graph.tensors[tensor].quant = QuantInfo(scale.tolist(), 0, 1)
+    out = b.add_node(
+        Op.ADD,
+        f"{node.target}.combine",
+        accs,
+        f"{node.name}_acc",
+        INT32,
+        QuantInfo(combined_scale.tolist(), 0, 1),
+        lhs_multiplier=round(np.sqrt(2.0) * (1 << align)),
+        rhs_multiplier=1 << align,
+    )
+    return Accumulator(out, combined_scale, dynamic=x.dynamic)
 
 
 def _lower_add(b: _Builder, node: fx.Node, lhs: Quantized, rhs: Quantized) -> Accumulator:
@@ -229,10 +284,20 @@ def _flatten_start(b: _Builder, node: fx.Node) -> int:
 
 
 def lower(
-    gm: fx.GraphModule, input_shape: tuple[int, ...], name: str = "model", max_acc_bits: int = DEFAULT_MAX_ACC_BITS
+    gm: fx.GraphModule,
+    input_shape: tuple[int, ...],
+    name: str = "model",
+    max_acc_bits: int = DEFAULT_MAX_ACC_BITS,
+    post_mac: str = "lut",
 ) -> Graph:
-    """Lower ``gm`` (from ``prepare_qat``, trained) to a checked integer graph."""
-    b = _Builder(gm, name)
+    """Lower ``gm`` (from ``prepare_qat``, trained) to a checked integer graph.
+
+    ``post_mac`` picks how powers-of-sqrt(2) weights execute: ``lut`` (shift + look-up table,
+    the paper's MAC) or ``split`` (two exact shift accumulators combined once per output).
+    """
+    if post_mac not in POST_MACS:
+        raise LoweringError(f"post_mac={post_mac!r} (known: {', '.join(POST_MACS)})")
+    b = _Builder(gm, name, max_acc_bits, post_mac)
     env: dict[fx.Node, object] = {}
     for node in gm.graph.nodes:
         kind = node_kind(gm, node)

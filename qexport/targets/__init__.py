@@ -19,6 +19,7 @@ class Target:
     max_acc_bits: int
     weight_formats: tuple[str, ...]
     raw: dict[str, Any]
+    post_mac: str = "lut"  # powers-of-sqrt(2) weights: "lut" (shift + LUT) or "split" (two accumulators)
 
 
 def available_targets() -> list[str]:
@@ -47,6 +48,7 @@ def load_target(name_or_path: str) -> Target:
             max_acc_bits=int(export["max_acc_bits"]),
             weight_formats=tuple(export["weight_formats"]),
             raw=data,
+            post_mac=str(export.get("post_mac", "lut")),
         )
     except tomllib.TOMLDecodeError as error:
         raise TargetError(f"{where}: invalid TOML ({error})") from None
@@ -54,6 +56,8 @@ def load_target(name_or_path: str) -> Target:
         raise TargetError(f"{where}: missing or malformed field {error}") from None
     if not 8 <= target.max_acc_bits <= 64:
         raise TargetError(f"{where}: export.max_acc_bits must be in 8..64")
+    if target.post_mac not in ("lut", "split"):
+        raise TargetError(f"{where}: export.post_mac must be \"lut\" or \"split\"")
     return target
 
 
@@ -66,3 +70,9 @@ def with_native_bits(target: Target, text: str) -> Target:
     if not bits or not set(bits) <= {2, 4, 8, 16}:
         raise TargetError(f"--onnx-native-bits {text!r}: widths must be among 2, 4, 8, 16")
     return replace(target, onnx_native_bits=bits)
+
+
+def with_post_mac(target: Target, post_mac: str) -> Target:
+    if post_mac not in ("lut", "split"):
+        raise TargetError(f"--post-mac {post_mac!r}: expected lut or split")
+    return replace(target, post_mac=post_mac)
