@@ -143,6 +143,6 @@ def main(
         checkpoint = checkpoint_from_model(trained.model, ARCHITECTURE, {}, config, **info)
         write_atomically(target, lambda p: save_checkpoint(p, checkpoint))
     except QExportError as error:
-        console.print(f"error: {error}", highlight=False, markup=False)
+        console.print(f"error: {error}", style="red", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    console.print(json.dumps({"checkpoint": str(target), **info}), highlight=False, markup=False)
+    console.print(json.dumps({"checkpoint": str(target), **info}), highlight=False, markup=False, soft_wrap=True)

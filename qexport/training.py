@@ -59,7 +59,7 @@ def train(
                 loss = loss + extra_loss(model)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         schedule.step()
         if log and (epoch + 1) % 10 == 0:
             log(f"epoch {epoch + 1}/{epochs}: loss {total / len(inputs):.4f}")
