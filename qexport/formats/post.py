@@ -72,6 +72,7 @@ def terms(weight: Weight, x_min: int, x_max: int) -> list[Term]:
 
 
 def real_values(weight: Weight) -> np.ndarray:
-    magnitude = np.sqrt(2.0) ** -weight.arrays["exponent"].astype(np.float64)
+    exponent = weight.arrays["exponent"].astype(np.int64)  # exact for even exponents, correctly rounded for odd
+    magnitude = np.ldexp(np.where(exponent % 2 == 1, np.sqrt(0.5), 1.0), -(exponent // 2))
     values = weight.arrays["sign"] * magnitude
     return values * broadcast_channel(per_channel(weight, "scale"), len(weight.shape))
