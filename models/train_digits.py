@@ -53,7 +53,9 @@ def main() -> None:
     started = time.perf_counter()
     float_model, float_accuracy = train_float(print)
     print(f"float test accuracy {float_accuracy:.4f}")
-    save_float_weights(FLOAT, float_model, ARCHITECTURE, {}, float_accuracy=float_accuracy, trained_by=__file__)
+    save_float_weights(
+        FLOAT, float_model, ARCHITECTURE, {}, float_accuracy=float_accuracy, trained_by="models/train_digits.py"
+    )
     x_train, y_train, x_test, y_test = digits_split()
     for name, (method, pow2) in wanted.items():
         seed_everything(1)
