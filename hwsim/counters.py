@@ -10,7 +10,9 @@ import numpy as np
 from hwsim.weights import MacWeights, decode
 from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node
-from qexport.ir.ops import Op
+from qexport.ir.ops import Op, dynamic_operands
+
+ADAPTER_MARK = ".adapter."  # ASQ adapter nodes: <quantizer>.adapter.*
 
 
 @dataclass
@@ -23,6 +25,7 @@ class LayerCounts:
     shifts: int = 0
     lut_reads: int = 0
     adds: int = 0
+    divs: int = 0  # per-sample divisions of a dynamic requantize (also counted as mults)
     weight_bytes: int = 0
     lut_bytes: int = 0
     input_bytes: int = 0
@@ -32,6 +35,7 @@ class LayerCounts:
     # data-dependent, filled by the engine
     overflow_events: int = 0
     saturations: int = 0
+    adapter_of: str = ""  # the quantizer whose ASQ adapter this node is (nodes named <quantizer>.adapter.*)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +142,10 @@ def layer_counts(graph: Graph, batch: int = 1, codebook_style: str = "lut") -> l
             counts = LayerCounts(node.name, node.op.value)
             elements = _elements(graph, node.outputs[0], batch)
             if node.op is Op.REQUANTIZE:
+                operands = dynamic_operands(node)
                 counts.mults = 0 if all(m == 1 for m in node.attrs["multiplier"]) else elements
+                counts.divs = elements if "den" in operands else 0
+                counts.mults += (elements if "num" in operands else 0) + counts.divs
                 counts.shifts = counts.adds = elements
             elif node.op is Op.ADD:
                 for key in ("lhs_multiplier", "rhs_multiplier"):
@@ -156,6 +163,7 @@ def layer_counts(graph: Graph, batch: int = 1, codebook_style: str = "lut") -> l
                 counts.adds = elements * window
         counts.input_bytes = sum(_tensor_bytes(graph, t, batch) for t in node.inputs if t not in in_array)
         counts.output_bytes = 0 if node.outputs[0] in in_array else _tensor_bytes(graph, node.outputs[0], batch)
+        counts.adapter_of = node.name.split(ADAPTER_MARK)[0] if ADAPTER_MARK in node.name else ""
         counts.buffer_bytes = counts.input_bytes + counts.output_bytes + counts.weight_bytes + counts.lut_bytes
         rows.append(counts)
     return rows

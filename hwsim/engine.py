@@ -29,7 +29,7 @@ from hwsim.weights import MacWeights, decode, product_lut, sqrt2_lut
 from qexport.errors import QExportError
 from qexport.ir.checker import check_graph
 from qexport.ir.graph import Graph, Node
-from qexport.ir.ops import Op
+from qexport.ir.ops import Op, dynamic_operands
 
 CPU_COUNT = os.cpu_count() or 1
 CACHE_BLOCK_BYTES = 1 << 20  # im2col block size: a few images' windows, about half of a core's L2
@@ -336,13 +336,18 @@ class Engine:
         acc = values[0]
         channels = acc.shape[1] if acc.ndim > 1 else 1
         multiplier, shift = self._requant_vectors(node, channels)
-        dynamic = values[1].astype(np.int64).reshape(-1) if len(values) == 2 else np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int64)
+        operands = dict(zip(dynamic_operands(node), values[1:], strict=False))
+        num, den = (operands[k].astype(np.int64).reshape(-1) if k in operands else empty for k in ("num", "den"))
+        if den.size and den.min() <= 0:
+            raise QExportError(f"hwsim: node {node.name!r}: dynamic divisor must be positive, got {den.min()}")
         shaped = np.ascontiguousarray(acc.reshape(acc.shape[0], channels, -1), dtype=np.int64)
         out, clipped = requant.requantize(
             shaped,
             multiplier,
             shift,
-            dynamic,
+            num,
+            den,
             self._zero_point(node.outputs[0]),
             node.attrs["clip_min"],
             node.attrs["clip_max"],

@@ -55,6 +55,52 @@ def layer_table(estimate: Estimate, title: str) -> Table:
     return table
 
 
+ADAPTER_KEYS = ("weight_bytes", "macs", "mults", "shifts", "adds", "cycles", "energy_total_pj")
+
+
+def adapter_totals(estimate: Estimate) -> dict | None:
+    """ASQ adapters (nodes ``<quantizer>.adapter.*``) summed per quantizer and in total, with their share of
+    the whole network; ``divs`` counts the per-sample divisions of dynamic requantizations. None without adapters."""
+    data = estimate.to_dict()
+    rows = data["layers"]
+    per_quantizer: dict[str, dict] = {}
+    for row in rows:
+        if row["adapter_of"]:
+            entry = per_quantizer.setdefault(row["adapter_of"], dict.fromkeys(ADAPTER_KEYS, 0))
+            for key in ADAPTER_KEYS:
+                entry[key] += row[key]
+    if not per_quantizer:
+        return None
+    total = {key: sum(entry[key] for entry in per_quantizer.values()) for key in ADAPTER_KEYS}
+    whole = {key: sum(row[key] for row in rows) for key in ADAPTER_KEYS}
+    share = {key: 100.0 * total[key] / whole[key] if whole[key] else 0.0 for key in ADAPTER_KEYS}
+    return {
+        "quantizers": per_quantizer,
+        "total": total,
+        "percent_of_network": share,
+        "divs": sum(r["divs"] for r in rows),
+    }
+
+
+def adapter_lines(estimate: Estimate) -> list[str]:
+    totals = adapter_totals(estimate)
+    if totals is None:
+        return []
+    total, share = totals["total"], totals["percent_of_network"]
+    lines = [
+        f"ASQ adapters ({len(totals['quantizers'])}): {total['weight_bytes']:,} weight B "
+        f"({share['weight_bytes']:.2f}% of weights), {total['macs']:,} MACs ({share['macs']:.2f}%), "
+        f"{total['cycles']:,} cycles ({share['cycles']:.2f}%), {total['energy_total_pj'] / 1e6:.3f} uJ "
+        f"({share['energy_total_pj']:.2f}%); dynamic requantization: {totals['divs']:,} divisions"
+    ]
+    for name, entry in totals["quantizers"].items():
+        lines.append(
+            f"  {name}.adapter: {entry['weight_bytes']:,} weight B, {entry['macs']:,} MACs, "
+            f"{entry['cycles']:,} cycles, {entry['energy_total_pj'] / 1e6:.4f} uJ"
+        )
+    return lines
+
+
 def summary_lines(estimate: Estimate) -> list[str]:
     data = estimate.to_dict()
     totals, memory = data["totals"], data["memory"]
@@ -72,11 +118,14 @@ def summary_lines(estimate: Estimate) -> list[str]:
         + ", ".join(f"{part} {value:.3f}" for part, value in energy.items())
         + f" uJ; total {totals['energy_total_pj'] / 1e6:.3f} uJ",
         f"overflow events: {totals['overflow_events']}, saturated outputs: {totals['saturations']}",
+        *adapter_lines(estimate),
     ]
 
 
 def write_json(estimate: Estimate, path: Path, extra: dict | None = None) -> None:
-    Path(path).write_text(json.dumps({**estimate.to_dict(), **(extra or {})}, indent=1))
+    adapters = adapter_totals(estimate)
+    data = {**estimate.to_dict(), **({"adapters": adapters} if adapters else {}), **(extra or {})}
+    Path(path).write_text(json.dumps(data, indent=1))
 
 
 def write_plot(estimate: Estimate, path: Path) -> None:

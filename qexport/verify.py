@@ -5,6 +5,11 @@ integer paths must be bit-exact; otherwise each layer, given identical integer
 inputs, may differ by at most one LSB from the reference (float requantization in
 the QDQ graph vs the IR's 31-bit integer multiplier), and end-to-end differences
 are reported, not bounded.
+
+Input-adaptive (per-sample, dynamic) requantization (ASQ, docs/methods/asq.md): hwsim must still
+equal the reference bit for bit; torch and onnxruntime apply the per-sample factors in float, so
+they are held to the 1 LSB per-layer bound and their end-to-end differences are reported. A tensor
+with a per-sample factor is compared on its static grid (torch's real values are divided by the factor).
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from qexport.export.onnx_qdq import with_intermediate_outputs
 from qexport.formats import get_format
 from qexport.frontend.requant import is_power_of_two
 from qexport.ir.graph import Graph
-from qexport.ir.ops import Op
+from qexport.ir.ops import Op, dynamic_operands
+from qexport.quant.asq import BETA_SUFFIX
 from qexport.reference import quantize_input, run_graph, run_node
 
 BATCH = 64
 LAYERWISE_BOUND_LSB = 1
+PASS_THROUGH = frozenset({Op.RELU, Op.CLIP, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.RESHAPE})
 
 Progress = Callable[[int], None]
 
@@ -65,15 +72,34 @@ class Verification:
 
 
 def all_scales_power_of_two(graph: Graph) -> bool:
-    """True when every activation step and weight grid step is a power of two."""
+    """True when every activation step and weight grid step is a power of two and every weight
+    format is linear (powers of sqrt(2) round each odd-exponent product in the LUT)."""
     for info in graph.tensors.values():
         if info.quant is not None and not all(is_power_of_two(float(s)) for s in np.atleast_1d(info.quant.scale)):
             return False
+    if not all(get_format(weight.format).linear for weight in graph.weights.values()):
+        return False
     return all(
         is_power_of_two(float(s))
         for weight in graph.weights.values()
         for s in get_format(weight.format).grid_scale(weight)
     )
+
+
+def dynamic_sources(graph: Graph) -> dict[str, str]:
+    """Tensor -> the [N] factor tensor its scale is multiplied by (only tensors that have one)."""
+    sources: dict[str, str] = {}
+    for node in graph.nodes:
+        operands = dynamic_operands(node) if node.op is Op.REQUANTIZE else {}
+        if "den" in operands:
+            sources[node.outputs[0]] = operands["den"]
+        elif node.op in PASS_THROUGH and node.inputs[0] in sources:
+            sources[node.outputs[0]] = sources[node.inputs[0]]
+    return sources
+
+
+def has_dynamic_requant(graph: Graph) -> bool:
+    return any(node.op is Op.REQUANTIZE and len(node.inputs) > 1 for node in graph.nodes)
 
 
 def _to_int(graph: Graph, tensor: str, values: np.ndarray) -> np.ndarray:
@@ -101,26 +127,42 @@ def torch_integers(
 
 
 def torch_tensors(model: torch.fx.GraphModule, graph: Graph, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """Every on-grid tensor of the fake-quantized model (captured by forward hooks) as IR integers."""
+    """Every on-grid tensor of the fake-quantized model (captured by forward hooks) as IR integers.
+
+    Quantizers with per-sample factors (``beta_integers``) also give their factor tensor
+    ``<node>.adapter.beta``; tensors scaled by such a factor are divided by it (back to the static grid).
+    """
     accumulators = {node.outputs[0] for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR, Op.ADD)}
     wanted = {
         node.target: node.name
         for node in model.graph.nodes
         if node.op == "call_module" and node.name in graph.tensors and node.name not in accumulators
     }
-    captured: dict[str, list[np.ndarray]] = {name: [] for name in wanted.values()}
+    captured: dict[str, list[np.ndarray]] = {}
+
+    def hook(module, _inputs, out, name: str) -> None:
+        captured.setdefault(name, []).append(out.detach().numpy())
+        factor = f"{name}{BETA_SUFFIX}"
+        if hasattr(module, "beta_integers") and factor in graph.tensors:
+            real = module.beta_integers() * float(graph.tensors[factor].quant.scale)
+            captured.setdefault(factor, []).append(real)
+
     hooks = [
-        model.get_submodule(target).register_forward_hook(
-            lambda _m, _i, out, name=name: captured[name].append(out.detach().numpy())
-        )
+        model.get_submodule(target).register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
         for target, name in wanted.items()
     ]
     try:
         torch_integers(model, graph, inputs)
     finally:
-        for hook in hooks:
-            hook.remove()
-    return {name: _to_int(graph, name, np.concatenate(parts)) for name, parts in captured.items() if parts}
+        for hook_handle in hooks:
+            hook_handle.remove()
+    values = {name: np.concatenate(parts) for name, parts in captured.items()}
+    for name, factor in dynamic_sources(graph).items():
+        if name in values and factor in values:
+            values[name] = values[name].astype(np.float64) / values[factor].reshape(
+                (-1,) + (1,) * (values[name].ndim - 1)
+            )
+    return {name: _to_int(graph, name, value) for name, value in values.items()}
 
 
 def reference_integers(graph: Graph, inputs: np.ndarray, progress: Progress | None = None) -> np.ndarray:
@@ -202,7 +244,7 @@ def verify(
     progress: Progress | None = None,
 ) -> Verification:
     """Run the fake-quant torch model, the IR reference, onnxruntime and hwsim, and compare."""
-    exact = all_scales_power_of_two(graph)
+    exact = all_scales_power_of_two(graph) and not has_dynamic_requant(graph)
     reference = reference_integers(graph, inputs, progress)
     result = Verification(
         exact_expected=exact,

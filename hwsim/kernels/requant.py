@@ -1,4 +1,4 @@
-"""Requantization: clip(round_half_even(acc * multiplier [* dynamic] >> shift) + zero_point)."""
+"""Requantization: clip(round_half_even(acc * multiplier [* num[n]] [/ den[n]] >> shift) + zero_point)."""
 
 from __future__ import annotations
 
@@ -106,12 +106,29 @@ def add_requantize(
     return saturations.sum(), overflows.sum()
 
 
-@njit(**PARALLEL)
-def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
-    """acc: [N, C, S] int64 (S = spatial size, 1 for linear); multiplier/shift: [C]; dynamic: [N] or empty.
+@njit(**SERIAL)
+def _requantize_row_div(values, multiplier, shift, den, zero_point, clip_min, clip_max, low_counts, out):
+    """One channel's run divided by a per-sample ``den`` > 0: a single exact rounding; returns saturations."""
+    saturations = np.int64(0)
+    left = np.int64(max(-shift, 0))
+    divisor = np.int64(den) << np.int64(max(shift, 0))
+    for p in range(values.size):
+        numerator = (np.int64(values[p]) * multiplier) << left
+        quotient = numerator // divisor  # floor division, as in Python
+        twice = (numerator - quotient * divisor) * 2
+        quotient += (twice > divisor) | ((twice == divisor) & ((quotient & 1) == 1))
+        q = quotient + zero_point
+        saturations += ((q < clip_min) & low_counts) | (q > clip_max)
+        out[p] = min(max(q, clip_min), clip_max)
+    return saturations
 
-    The dynamic operand (input-adaptive steps) multiplies each sample's multiplier. Returns
-    (output int64 [N, C, S], number of saturated values).
+
+@njit(**PARALLEL)
+def requantize(acc, multiplier, shift, num, den, zero_point, clip_min, clip_max):
+    """acc: [N, C, S] int64 (S = spatial size, 1 for linear); multiplier/shift: [C]; num, den: [N] or empty.
+
+    The per-sample operands (input-adaptive steps) multiply (num) and divide (den, > 0) each
+    sample's values before the one rounding. Returns (output int64 [N, C, S], number of saturated values).
     """
     batch, channels, _ = acc.shape
     out = np.empty_like(acc)
@@ -119,18 +136,23 @@ def requantize(acc, multiplier, shift, dynamic, zero_point, clip_min, clip_max):
     low_counts = np.int64(clip_min < zero_point)
     for nc in prange(batch * channels):
         n, c = nc // channels, nc % channels
-        scale = np.int64(1) if dynamic.size == 0 else np.int64(dynamic[n])
-        saturations[nc], _ = _requantize_row(
-            acc[n, c],
-            np.int64(0),
-            np.int64(multiplier[c]) * scale,
-            np.int64(shift[c]),
-            zero_point,
-            clip_min,
-            clip_max,
-            INT64_MIN,
-            INT64_MAX,
-            low_counts,
-            out[n, c],
-        )
+        scale = np.int64(multiplier[c]) if num.size == 0 else np.int64(multiplier[c]) * np.int64(num[n])
+        if den.size == 0:
+            saturations[nc], _ = _requantize_row(
+                acc[n, c],
+                np.int64(0),
+                scale,
+                np.int64(shift[c]),
+                zero_point,
+                clip_min,
+                clip_max,
+                INT64_MIN,
+                INT64_MAX,
+                low_counts,
+                out[n, c],
+            )
+        else:
+            saturations[nc] = _requantize_row_div(
+                acc[n, c], scale, np.int64(shift[c]), den[n], zero_point, clip_min, clip_max, low_counts, out[n, c]
+            )
     return out, saturations.sum()

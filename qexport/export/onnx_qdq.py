@@ -6,6 +6,12 @@ max pool, flatten, reshape, concat). Weights are integer initializers behind
 DequantizeLinear; biases are INT32 initializers with scale input_scale * weight_scale.
 Bit widths without a native ONNX type use the next wider native type and a Clip to
 the true range (see docs/onnx.md).
+
+Input-adaptive (dynamic) requantization: a tensor with a per-sample scale factor holds its
+static-grid value ``scale * (q - zp)`` like any other; the factor tensors (e.g. ASQ's ``B * 2**-F``)
+are ordinary QDQ tensors of shape [N], and a dynamic requantize multiplies (``num``) and divides
+(``den``) the accumulator by them in float before QuantizeLinear. Float rounding makes this an
+approximation of the IR's single exact rounding (within 1 LSB per layer, docs/methods/asq.md).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from qexport.formats import get_format
 from qexport.formats.base import broadcast_channel
 from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node, Weight
-from qexport.ir.ops import Op
+from qexport.ir.ops import Op, dynamic_operands
 
 DEFAULT_NATIVE_BITS = (4, 8, 16)  # INT2 is opt-in: see docs/onnx.md
 NUMPY_TYPES = {
@@ -74,6 +80,7 @@ class _OnnxBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.used_bits: set[int] = set()
+        self.reshaped: set[str] = set()
         # onnxruntime (1.32, default optimizations) moves DequantizeLinear past these ops without checking
         # that they accept int4/int2, and the session then fails to load: their inputs use byte containers
         self.byte_containers = {
@@ -123,6 +130,15 @@ class _OnnxBuilder:
         zp = self.constant(f"{tensor}__zp", _typed(zero, kind))
         quantized = self.add("QuantizeLinear", [source, scale, zp], f"{tensor}__q", f"{tensor}__quantize")
         return self.add("DequantizeLinear", [quantized, scale, zp], tensor, f"{tensor}__dequantize")
+
+    def per_sample(self, tensor: str, rank: int) -> str:
+        """A [N] tensor reshaped to [N, 1, ...] (``rank`` dims) so that it broadcasts over a sample."""
+        name = f"{tensor}__r{rank}"
+        if name not in self.reshaped:
+            shape = self.constant(f"{name}__shape", np.array([-1] + [1] * (rank - 1), dtype=np.int64))
+            self.add("Reshape", [tensor, shape], name, name)
+            self.reshaped.add(name)
+        return name
 
     def weight(self, weight: Weight) -> str:
         integers, scale = weight_integers(weight)
@@ -174,9 +190,13 @@ def _lower_node(b: _OnnxBuilder, node: Node) -> None:
     elif node.op is Op.ADD:
         b.add("Add", node.inputs, out, node.name)
     elif node.op is Op.REQUANTIZE:
-        if len(node.inputs) != 1:
-            raise QExportError(f"node {node.name!r}: dynamic requantization has no ONNX QDQ form")
-        b.quantize_dequantize(node.inputs[0], out, (node.attrs["clip_min"], node.attrs["clip_max"]))
+        source, operands = node.inputs[0], dynamic_operands(node)
+        rank = len(graph.tensors[source].shape)
+        for role, op_type in (("num", "Mul"), ("den", "Div")):
+            if role in operands:
+                factor = b.per_sample(operands[role], rank)
+                source = b.add(op_type, [source, factor], f"{out}__{role}", f"{out}__{role}")
+        b.quantize_dequantize(source, out, (node.attrs["clip_min"], node.attrs["clip_max"]))
     elif node.op is Op.RELU:
         b.quantize_dequantize(b.add("Relu", node.inputs, f"{out}__float", node.name), out)
     elif node.op is Op.CLIP:

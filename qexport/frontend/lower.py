@@ -9,6 +9,7 @@ import torch
 from torch import fx
 
 from qexport.errors import LoweringError
+from qexport.frontend.lower_asq import lower_dynamic_requant
 from qexport.frontend.patterns import describe, node_kind
 from qexport.frontend.requant import is_power_of_two, multiplier_and_shift
 from qexport.ir.checker import check_graph
@@ -189,8 +190,8 @@ def _lower_requant(b: _Builder, node: fx.Node, acc: Accumulator) -> Quantized:
     custom = getattr(quantizer, "lower_requant", None)
     if custom is not None:  # quantizers with their own integer form (e.g. ASQ's adapter subgraph)
         return custom(b, node, acc)
-    if acc.dynamic is not None:
-        raise LoweringError(f"layer {describe(b.gm, node)}: cannot requantize an input-adaptive scale statically")
+    if acc.dynamic is not None:  # a static step after a per-sample one: requantize "mul" by that factor
+        return lower_dynamic_requant(b, node, acc)
     step = float(b.steps(quantizer)[0])
     dtype = IntType(quantizer.signed, quantizer.bits)
     pairs = [multiplier_and_shift(float(s) / step) for s in acc.scale]

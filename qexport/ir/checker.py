@@ -8,7 +8,7 @@ from __future__ import annotations
 from qexport.errors import GraphError
 from qexport.formats import get_format
 from qexport.ir.graph import Graph, Node
-from qexport.ir.ops import OP_SIGNATURES, WEIGHTED_OPS, Op
+from qexport.ir.ops import DYNAMIC_OPERANDS, OP_SIGNATURES, WEIGHTED_OPS, Op, dynamic_operands
 from qexport.ir.shapes import infer_shape
 
 DTYPE_PRESERVING = frozenset({Op.RELU, Op.CLIP, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.RESHAPE})
@@ -80,23 +80,36 @@ def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
     def magnitude_bits(info) -> int:  # |value| <= 2**magnitude_bits
         return info.dtype.bits - 1 if info.dtype.signed else info.dtype.bits
 
-    dynamic_bits = 0
-    if len(node.inputs) == 2:
-        dynamic = graph.tensors[node.inputs[1]]
-        if len(dynamic.shape) != 1:
-            raise GraphError(f"node {node.name!r}: dynamic multiplier {dynamic.name!r} must be one value per sample")
-        dynamic_bits = magnitude_bits(dynamic)
+    mode = node.attrs.get("dynamic", "mul")
+    if len(node.inputs) > 1 or "dynamic" in node.attrs:
+        expected = 1 + len(DYNAMIC_OPERANDS[mode]) if isinstance(mode, str) and mode in DYNAMIC_OPERANDS else -1
+        if expected != len(node.inputs):
+            raise GraphError(
+                f"node {node.name!r}: dynamic={mode!r} with {len(node.inputs)} inputs (expected 'mul' or 'div' "
+                "with 2, 'muldiv' with 3)"
+            )
+    operand_bits = {}
+    for role, name in dynamic_operands(node).items():
+        info = graph.tensors[name]
+        if len(info.shape) != 1 or (info.quant is not None and info.quant.zero_point != 0):
+            raise GraphError(
+                f"node {node.name!r}: dynamic operand {name!r} must be one value per sample with zero point 0"
+            )
+        operand_bits[role] = magnitude_bits(info)
     acc_info = graph.tensors[node.inputs[0]]
     acc_bits = acc_info.dtype.bits
     shifts = node.attrs["shift"] * (channels if len(node.attrs["shift"]) == 1 else 1)
     multipliers = node.attrs["multiplier"] * (channels if len(node.attrs["multiplier"]) == 1 else 1)
     for multiplier, shift in zip(multipliers, shifts, strict=False):
-        # |acc * multiplier * dynamic << left| must stay below 2**62 (rounding then adds less than 2**61)
-        if magnitude_bits(acc_info) + multiplier.bit_length() + dynamic_bits + max(-shift, 0) > 62:
+        # |acc * multiplier * num << left| must stay below 2**62 (rounding then adds less than 2**61)
+        if magnitude_bits(acc_info) + multiplier.bit_length() + operand_bits.get("num", 0) + max(-shift, 0) > 62:
             raise GraphError(
                 f"node {node.name!r}: {acc_bits}-bit accumulator x multiplier {multiplier} << {max(-shift, 0)} "
                 "can exceed 64 bits"
             )
+        # the divisor den << shift must stay below 2**62 too
+        if "den" in operand_bits and operand_bits["den"] + max(shift, 0) > 62:
+            raise GraphError(f"node {node.name!r}: dynamic divisor << {shift} can exceed 64 bits")
 
 
 def check_graph(graph: Graph) -> Graph:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qexport.ir.graph import Node
 
 
 class Op(StrEnum):
@@ -25,7 +29,7 @@ OP_SIGNATURES: dict[Op, tuple[tuple[int, int], dict[str, type]]] = {
     Op.CONV2D: ((1, 1), {"weight": str, "stride": list, "padding": list, "dilation": list, "groups": int}),
     Op.LINEAR: ((1, 1), {"weight": str}),
     Op.ADD: ((2, 2), {"lhs_multiplier": int, "rhs_multiplier": int}),
-    Op.REQUANTIZE: ((1, 2), {"multiplier": list, "shift": list, "clip_min": int, "clip_max": int}),
+    Op.REQUANTIZE: ((1, 3), {"multiplier": list, "shift": list, "clip_min": int, "clip_max": int}),
     Op.RELU: ((1, 1), {}),
     Op.CLIP: ((1, 1), {"clip_min": int, "clip_max": int}),
     Op.MAXPOOL: ((1, 1), {"kernel": list, "stride": list, "padding": list}),
@@ -35,6 +39,18 @@ OP_SIGNATURES: dict[Op, tuple[tuple[int, int], dict[str, type]]] = {
     Op.RESHAPE: ((1, 1), {"shape": list}),
     Op.CONCAT: ((1, 64), {"axis": int}),
 }
+
+# requantize's per-sample operands after the accumulator, by its "dynamic" attribute ("mul" when absent)
+DYNAMIC_OPERANDS: dict[str, tuple[str, ...]] = {"mul": ("num",), "div": ("den",), "muldiv": ("num", "den")}
+
+
+def dynamic_operands(node: Node) -> dict[str, str]:
+    """{"num": tensor, "den": tensor} (either may be missing) of a requantize node, in input order."""
+    if len(node.inputs) < 2:
+        return {}
+    roles = DYNAMIC_OPERANDS.get(node.attrs.get("dynamic", "mul"), ())
+    return dict(zip(roles, node.inputs[1:], strict=False))
+
 
 # ops whose weights are named in attrs["weight"] and optional bias in attrs["bias"]
 WEIGHTED_OPS = frozenset({Op.CONV2D, Op.LINEAR})

@@ -32,6 +32,11 @@ class InputQuantRef:
             raise RuntimeError(f"{type(self).__name__}: input quantizer not set (run prepare_qat)")
         return quantizer
 
+    def input_factor(self) -> torch.Tensor | None:
+        """The input's per-sample step factor of the current batch ([N], e.g. ASQ's beta), or None."""
+        factor = getattr(self.input_quant, "sample_factor", None)
+        return None if factor is None else factor()
+
 
 class _QuantWeighted(InputQuantRef):
     weight: torch.Tensor
@@ -88,9 +93,12 @@ class QConv2d(nn.Conv2d, _QuantWeighted):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(
-            x, self.quant_weight(), self.quant_bias(), self.stride, self.padding, self.dilation, self.groups
-        )
+        bias, factor = self.quant_bias(), self.input_factor()
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        if factor is None or bias is None:
+            return F.conv2d(x, self.quant_weight(), bias, *args)
+        # a per-sample input scale scales the whole accumulator, bias included (as the integer graph does)
+        return F.conv2d(x, self.quant_weight(), None, *args) + bias.reshape(1, -1, 1, 1) * factor.reshape(-1, 1, 1, 1)
 
 
 class QLinear(nn.Linear, _QuantWeighted):
@@ -113,7 +121,10 @@ class QLinear(nn.Linear, _QuantWeighted):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.quant_weight(), self.quant_bias())
+        bias, factor = self.quant_bias(), self.input_factor()
+        if factor is None or bias is None:
+            return F.linear(x, self.quant_weight(), bias)
+        return F.linear(x, self.quant_weight()) + bias.reshape(1, -1) * factor.reshape(-1, 1)
 
 
 class QAvgPool2d(nn.Module, InputQuantRef):
@@ -131,5 +142,7 @@ class QAvgPool2d(nn.Module, InputQuantRef):
             pooled = F.avg_pool2d(
                 x, self.kernel_size, self.stride, self.padding, count_include_pad=self.count_include_pad
             )
-        step = self.input_quant.step().reshape(())
+        step, factor = self.input_quant.step().reshape(()), self.input_factor()
+        if factor is not None:  # round on the per-sample grid
+            step = step * factor.reshape(-1, 1, 1, 1)
         return round_ste(pooled / step) * step

@@ -13,6 +13,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "digits_cnn": DigitsCNN,
     "resnet20": ResNet20,
     "mobilenetv2": MobileNetV2,
+    "resnet18": __import__("qexport.zoo.resnet18", fromlist=["ResNet18"]).ResNet18,
 }
 
 
