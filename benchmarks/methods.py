@@ -12,9 +12,10 @@ LUT vs split-accumulator comparison. Every number is measured in this run.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from qexport.train_cli import train_float  # noqa: E402
 from qexport.training import accuracy, seed_everything  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+RESULTS = Path(__file__).resolve().parent / "results" / "methods.json"  # rows of earlier runs (--only refreshes)
 TARGETS = ("fpga", "arm")
 # (row label, method, weight bits, activation bits)
 MAIN_ROWS = [
@@ -146,6 +148,8 @@ def post_comparison(model, x_test: np.ndarray, y_test: np.ndarray) -> list[str]:
 
 
 def write_doc(rows: list[Row], float_accuracy: float, post_lines: list[str], epochs: int, seconds: float) -> None:
+    order = [label for label, *_ in MAIN_ROWS]
+    rows = sorted(rows, key=lambda row: order.index(row.label))
     by_label = {row.label: row for row in rows}
     header = (
         "| method | bits | float | fake-quant | integer (hwsim) | weights (B) | LUT (B) | "
@@ -174,7 +178,8 @@ def write_doc(rows: list[Row], float_accuracy: float, post_lines: list[str], epo
     body = "\n".join(
         [
             "<!-- methods:start -->",
-            f"Written by `python benchmarks/methods.py --epochs {epochs}` in {seconds:.0f} s. Digits test split "
+            f"Written by `python benchmarks/methods.py --epochs {epochs}` ({seconds:.0f} s of training and "
+            "measurement in total). Digits test split "
             "(360 images); every method starts from the same float model; first/last layers 8-bit; power-of-two "
             "activation/requant scales; cycles and energy are hwsim estimates per image (batch 1).",
             "",
@@ -208,15 +213,32 @@ def main() -> None:
     float_model, float_accuracy = train_float()
     print(f"float accuracy {float_accuracy:.2%}")
     data = digits_split()
-    rows, post_lines = [], []
+    saved = json.loads(RESULTS.read_text()) if args.only and RESULTS.exists() else {}
+    if saved and saved.get("epochs") != args.epochs:
+        raise SystemExit(f"{RESULTS} holds a run with --epochs {saved.get('epochs')}; rerun all rows")
+    rows = {label: Row(**row) for label, row in saved.get("rows", {}).items()}
+    post_lines, seconds = saved.get("post_lines", []), saved.get("seconds", 0.0)
     for label, method, w_bits, a_bits in MAIN_ROWS:
         if args.only and label not in args.only:
             continue
         row, trained, _ = measure(label, method, w_bits, a_bits, float_model, data, args.epochs, print)
-        rows.append(row)
+        rows[label] = row
         if label == "POST":
             post_lines = post_comparison(trained.model, data[2], data[3])
-    write_doc(rows, float_accuracy, post_lines, args.epochs, time.perf_counter() - started)
+    seconds += time.perf_counter() - started
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "epochs": args.epochs,
+                "seconds": seconds,
+                "post_lines": post_lines,
+                "rows": {label: asdict(row) for label, row in rows.items()},
+            },
+            indent=1,
+        )
+    )
+    write_doc(list(rows.values()), float_accuracy, post_lines, args.epochs, seconds)
     print(f"wrote {DOC}")
 
 

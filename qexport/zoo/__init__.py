@@ -7,13 +7,14 @@ from torch import nn
 from qexport.errors import CheckpointError
 from qexport.zoo.digits_cnn import DigitsCNN
 from qexport.zoo.mobilenetv2 import MobileNetV2
+from qexport.zoo.resnet18 import ResNet18
 from qexport.zoo.resnet20 import ResNet20
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "digits_cnn": DigitsCNN,
     "resnet20": ResNet20,
     "mobilenetv2": MobileNetV2,
-    "resnet18": __import__("qexport.zoo.resnet18", fromlist=["ResNet18"]).ResNet18,
+    "resnet18": ResNet18,
 }
 
 
