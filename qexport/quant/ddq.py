@@ -26,7 +26,7 @@ from qexport.ir.graph import Graph, Node, QuantInfo, TensorInfo, Weight
 from qexport.ir.ops import Op
 from qexport.passes.infer_accumulator_bits import infer_accumulator_bits
 from qexport.quant.base import ActivationQuantizer
-from qexport.quant.lsq import LsqQuantizer, mse_scale
+from qexport.quant.lsq import LsqQuantizer, int_affine_weight, mse_scale
 from qexport.quant.ste import grad_scale, round_ste
 from qexport.training import Log, calibrate, train
 
@@ -223,16 +223,7 @@ class DdqWeightQuantizer(DdqBits):
 
     def to_ir_weight(self, name: str, w: torch.Tensor) -> Weight:
         """``int_affine`` at the chosen bits, symmetric, per-channel steps (as LsqQuantizer.to_ir_weight)."""
-        steps = self.step().detach().to(torch.float32).numpy().astype(np.float64)
-        steps = np.broadcast_to(steps, (w.shape[0],)).copy()
-        values = self.integers(w).to(torch.int64).numpy()
-        return Weight(
-            name,
-            "int_affine",
-            tuple(w.shape),
-            {"values": values},
-            {"dtype": IntType(True, self.bits).name, "scale": steps.tolist(), "zero_point": 0, "axis": 0},
-        )
+        return int_affine_weight(name, self.integers(w), self.step(), self.bits)
 
 
 class DdqActQuantizer(DdqBits, ActivationQuantizer):

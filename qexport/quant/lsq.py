@@ -40,6 +40,18 @@ def mse_scale(x: torch.Tensor, qmin: int, qmax: int, channel_dim: int | None) ->
     return best
 
 
+def int_affine_weight(name: str, values: torch.Tensor, steps: torch.Tensor, bits: int) -> Weight:
+    """A symmetric ``int_affine`` IR weight: signed ``bits``-bit ``values``, per-output-channel ``steps``."""
+    scale = np.broadcast_to(steps.detach().to(torch.float32).numpy().astype(np.float64), (values.shape[0],))
+    return Weight(
+        name,
+        "int_affine",
+        tuple(values.shape),
+        {"values": values.detach().to(torch.int64).numpy()},
+        {"dtype": IntType(True, bits).name, "scale": scale.tolist(), "zero_point": 0, "axis": 0},
+    )
+
+
 class LsqQuantizer(nn.Module):
     """clamp(round(x / s), qmin, qmax) * s with a learned step s (round half to even)."""
 
@@ -92,16 +104,7 @@ class LsqQuantizer(nn.Module):
 
     def to_ir_weight(self, name: str, w: torch.Tensor) -> Weight:
         """The IR weight (``int_affine``, symmetric, per-channel steps) of ``w``."""
-        steps = self.step().detach().to(torch.float32).numpy().astype(np.float64)
-        steps = np.broadcast_to(steps, (w.shape[0],)).copy()
-        values = self.integers(w).to(torch.int64).numpy()
-        return Weight(
-            name,
-            "int_affine",
-            tuple(w.shape),
-            {"values": values},
-            {"dtype": IntType(True, self.bits).name, "scale": steps.tolist(), "zero_point": 0, "axis": 0},
-        )
+        return int_affine_weight(name, self.integers(w), self.step(), self.bits)
 
 
 class ActQuant(LsqQuantizer):

@@ -23,9 +23,9 @@ import torch
 from torch import fx, nn
 
 from qexport.errors import QExportError
-from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Weight
 from qexport.quant.base import ActivationQuantizer
+from qexport.quant.lsq import int_affine_weight
 
 if TYPE_CHECKING:
     from qexport.quant.config import QuantConfig
@@ -200,15 +200,7 @@ class MdeWeightQuantizer(_MdeBase):
 
     def to_ir_weight(self, name: str, w: torch.Tensor) -> Weight:
         """``int_affine``, symmetric, per-channel steps: the MDE step of ``w`` (re-solved here)."""
-        steps = self.solve(w).detach().numpy().astype(np.float64)
-        steps = np.broadcast_to(steps, (w.shape[0],)).copy()
-        return Weight(
-            name,
-            "int_affine",
-            tuple(w.shape),
-            {"values": self.integers(w).to(torch.int64).numpy()},
-            {"dtype": IntType(True, self.bits).name, "scale": steps.tolist(), "zero_point": 0, "axis": 0},
-        )
+        return int_affine_weight(name, self.integers(w), self.solve(w), self.bits)
 
 
 class MdeActQuantizer(_MdeBase, ActivationQuantizer):
