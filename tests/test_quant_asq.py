@@ -62,13 +62,13 @@ def ref_int8(w: torch.Tensor) -> tuple[list[list[int]], Fraction]:
 
 def ref_forward(q: AsqActQuant, x: torch.Tensor) -> tuple[np.ndarray, list[int]]:
     """The eval forward of ASQ with Fractions: returns (float32 output, B per sample)."""
-    s, frac = Fraction(float(q.step())), q.frac_bits
+    s, frac = Fraction(float(q.step().detach())), q.frac_bits
     s_f, s_h = Fraction(2) ** int(q.feature_exponent), Fraction(2) ** int(q.hidden_exponent)
     low, high = (-128, 127) if q.signed else (0, 255)
     w1, st1 = ref_int8(q.fc1.weight)
     w2, st2 = ref_int8(q.fc2.weight)
-    b1 = [clip(round(Fraction(float(v)) / (s_f * st1)), -(2**31), 2**31 - 1) for v in q.fc1.bias.double()]
-    b2 = clip(round(Fraction(float(q.fc2.bias.double()[0])) / (s_h * st2)), -(2**31), 2**31 - 1)
+    b1 = [clip(round(Fraction(float(v)) / (s_f * st1)), -(2**31), 2**31 - 1) for v in q.fc1.bias.detach().double()]
+    b2 = clip(round(Fraction(float(q.fc2.bias.detach().double()[0])) / (s_h * st2)), -(2**31), 2**31 - 1)
     xs = x.double().numpy()
     out = np.zeros(xs.shape, dtype=np.float32)
     betas = []
@@ -135,10 +135,11 @@ def test_beta_is_one_at_init_and_asq_then_equals_lsq(bits: int) -> None:
     asq.train(), lsq.train()
     torch.testing.assert_close(asq(x), lsq(x), rtol=0, atol=0)
     assert asq.beta_integers().tolist() == [1 << asq.frac_bits] * 6
-    assert torch.equal(asq.fc2.weight, torch.zeros(1, 4)) and float(asq.fc2.bias) == 0.0
+    assert torch.equal(asq.fc2.weight, torch.zeros(1, 4)) and float(asq.fc2.bias.detach()) == 0.0
 
 
 def test_gradients_reach_the_step_and_the_adapter() -> None:
+    torch.manual_seed(3)  # the lazy adapter layer initialises from the global generator: make it order-independent
     generator = torch.Generator().manual_seed(3)
     x = (torch.relu(torch.randn(4, 3, 5, 5, generator=generator)) * 3).requires_grad_()
     q = AsqActQuant(3, False, pow2=False, hidden=2)
@@ -182,7 +183,7 @@ def test_constant_and_all_zero_inputs(value: float) -> None:
     q.train()
     out = q(x)
     assert torch.isfinite(out).all() and q.beta_integers().tolist() == [1 << q.frac_bits] * 2
-    step = float(q.step())
+    step = float(q.step().detach())
     assert torch.equal(out, torch.full_like(x, min(round(value / step), 3) * step))
     q.eval()
     expected, _ = ref_forward(q, x)
