@@ -97,7 +97,7 @@ def costs(graph: Graph) -> tuple[int, int, dict[str, int], dict[str, float]]:
     weight_bytes = lut_bytes = 0
     for target in TARGETS:
         result = estimate(graph, hardware_of(load_target(target)), batch=1)
-        cycles[target], energy[target] = result.total_cycles, sum(c.energy_total_pj for c in result.costs) / 1e3
+        cycles[target], energy[target] = result.total_cycles, result.total("energy_total_pj") / 1e3
         weight_bytes, lut_bytes = result.weight_bytes, result.lut_bytes
     return weight_bytes, lut_bytes, cycles, energy
 
@@ -144,7 +144,7 @@ def post_comparison(model, x_test: np.ndarray, y_test: np.ndarray) -> list[str]:
         lines.append(
             f"| {mac} | {(error > 0).mean():.2%} | {int(error.max())} | {(predictions == y_test).mean():.2%} | "
             f"{result.lut_bytes} | {result.total_cycles:,} | "
-            f"{sum(c.energy_total_pj for c in result.costs) / 1e3:.1f} | {op_text} |"
+            f"{result.total('energy_total_pj') / 1e3:.1f} | {op_text} |"
         )
     return lines
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -138,9 +137,8 @@ def main(
             **trained.info,
             "trained_by": "qexport-train",
         }
-        config = replace(trained.config)
         target = output or Path(f"digits_cnn_w{weight_bits}a{act_bits}_{method}.ckpt")
-        checkpoint = checkpoint_from_model(trained.model, ARCHITECTURE, {}, config, **info)
+        checkpoint = checkpoint_from_model(trained.model, ARCHITECTURE, {}, trained.config, **info)
         write_atomically(target, lambda p: save_checkpoint(p, checkpoint))
     except QExportError as error:
         console.print(f"error: {error}", style="red", highlight=False, markup=False, soft_wrap=True)
