@@ -6,8 +6,13 @@ Two modes, both bit-exact and both tested against the IR reference:
   shift, shift + LUT, codebook product LUT or per-level accumulation) in @njit kernels.
 * ``fast`` (default): linear formats, and each exponent class of powers of sqrt(2), are an
   integer GEMM; when a layer's static bound on every partial sum is below 2**24 (2**53)
-  it runs as a float32 (float64) BLAS GEMM, which is then exact. Grouped convolutions and
-  layers past the bound use the faithful kernels.
+  it runs as a float32 (float64) BLAS GEMM, which is then exact. Convolutions with integer
+  weights in int8 and activations spanning at most 256 values run on oneDNN's int8 kernels
+  instead, where available (``hwsim.int8_conv``). Other grouped convolutions and layers past
+  the bound use the faithful kernels.
+
+The fast paths keep activations channels-last in their narrowest numpy type between layers;
+every other op sees int64 arrays, and ``run`` returns int64 NCHW arrays.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from hwsim.channels_last import ChannelsLastStep, FloatRequant, add_alignment, float_requant
 from hwsim.counters import LayerCounts, layer_counts
+from hwsim.int8_conv import Int8Conv, plan_int8_conv, torch_threads
 from hwsim.kernels import im2col as im2col_kernels
 from hwsim.kernels import mac, pool, requant
 from hwsim.kernels.config import set_threads
@@ -28,6 +35,7 @@ from hwsim.kernels.im2col import im2col
 from hwsim.weights import MacWeights, decode, product_lut, sqrt2_lut
 from qexport.errors import QExportError
 from qexport.ir.checker import check_graph
+from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node
 from qexport.ir.ops import Op, dynamic_operands
 
@@ -45,6 +53,12 @@ def _gemm_pool() -> ThreadPoolExecutor:
 
 
 FLOAT64_EXACT = 2**53
+STORAGE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)
+
+
+def storage_type(dtype: IntType) -> type:
+    """The narrowest numpy integer type holding every value of an IR type."""
+    return next(t for t in STORAGE_TYPES if np.iinfo(t).min <= dtype.min and dtype.max <= np.iinfo(t).max)
 
 
 @dataclass
@@ -66,6 +80,8 @@ class WeightedPlan:
     gemm_terms: list[GemmTerm] | None  # None: use the faithful kernel
     lut: np.ndarray | None = None
     product_table: np.ndarray | None = None
+    int8: Int8Conv | None = None  # oneDNN int8 convolution (fast mode)
+    acc_bound: int = 0  # largest |accumulator + bias| any input can give
 
 
 def _float_type(bound: int) -> type | None:
@@ -101,14 +117,23 @@ def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int, shape: tuple[in
 class Engine:
     """Bit-accurate executor of a checked IR graph."""
 
-    def __init__(self, graph: Graph, mode: str = "fast", codebook_style: str = "lut", threads: int | None = None):
+    def __init__(
+        self,
+        graph: Graph,
+        mode: str = "fast",
+        codebook_style: str = "lut",
+        threads: int | None = None,
+        int8: bool = True,
+    ):
+        """``int8``: in fast mode, run eligible convolutions on oneDNN's int8 kernels when available."""
         if mode not in ("fast", "faithful"):
             raise QExportError(f"hwsim: unknown mode {mode!r} (fast, faithful)")
         if codebook_style not in ("lut", "per_level"):
             raise QExportError(f"hwsim: unknown codebook style {codebook_style!r} (lut, per_level)")
         self.graph = check_graph(graph)
-        self.mode, self.codebook_style, self.threads = mode, codebook_style, threads
+        self.mode, self.codebook_style, self.threads, self.int8 = mode, codebook_style, threads, int8
         self.plans = {node.name: self._plan(node) for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR)}
+        self.channels_last: dict[str, ChannelsLastStep] = {}  # fused nodes with an exact channels-last form
         self.fused = self._fusable_requants()
         self._buffers: dict[tuple, np.ndarray] = {}
         self._counts: dict[int, list[LayerCounts]] = {}
@@ -119,7 +144,9 @@ class Engine:
         fused = {}
         for node in self.graph.nodes:
             plan = self.plans.get(node.name)
-            single_gemm = plan is not None and plan.gemm_terms is not None and len(plan.gemm_terms) == 1
+            single_gemm = plan is not None and (
+                plan.int8 is not None or (plan.gemm_terms is not None and len(plan.gemm_terms) == 1)
+            )
             if not (single_gemm or node.op is Op.ADD):
                 continue
             consumers = self.graph.consumers(node.outputs[0])
@@ -129,8 +156,43 @@ class Engine:
                 and len(consumers[0].inputs) == 1
                 and node.outputs[0] not in self.graph.outputs
             ):
+                form = self._float_requant(node, consumers[0], plan)
+                if form is not None and node.op is Op.ADD:
+                    zero_points = (self._zero_point(node.inputs[0]), self._zero_point(node.inputs[1]))
+                    multipliers = (node.attrs["lhs_multiplier"], node.attrs["rhs_multiplier"])
+                    self.channels_last[node.name] = ChannelsLastStep(
+                        form, alignment=add_alignment(form, zero_points, multipliers)
+                    )
+                elif form is not None and plan.int8 is not None:
+                    self.channels_last[node.name] = ChannelsLastStep(form, conv=plan.int8)
+                elif plan is not None and plan.int8 is not None:
+                    continue  # its accumulators then take the unfused integer path
                 fused[node.name] = consumers[0]
         return fused
+
+    def _float_requant(self, node: Node, requant_node: Node, plan: WeightedPlan | None) -> FloatRequant | None:
+        channels = self.graph.tensors[node.outputs[0]].shape[1]
+        out_info = self.graph.tensors[requant_node.outputs[0]]
+        acc_type = self.graph.tensors[node.outputs[0]].dtype
+        return float_requant(
+            *self._requant_vectors(requant_node, channels),
+            plan.bias if plan else np.zeros(channels, dtype=np.int64),
+            plan.acc_bound if plan else self._add_bound(node),
+            out_info.quant.zero_point if out_info.quant else 0,
+            (requant_node.attrs["clip_min"], requant_node.attrs["clip_max"]),
+            (acc_type.min, acc_type.max),
+        )
+
+    def _add_bound(self, node: Node) -> int:
+        """Largest |aligned sum| an add can produce from its input types."""
+        bound = 0
+        for tensor, multiplier in zip(
+            node.inputs, (node.attrs["lhs_multiplier"], node.attrs["rhs_multiplier"]), strict=True
+        ):
+            info = self.graph.tensors[tensor]
+            zero = self._zero_point(tensor)
+            bound += max(abs(info.dtype.min - zero), abs(info.dtype.max - zero)) * abs(multiplier)
+        return bound
 
     def _static_counts(self, batch: int) -> list[LayerCounts]:
         """The graph-only counters for a batch size (computed once, copied per run)."""
@@ -157,7 +219,15 @@ class Engine:
             acc_info.dtype.max,
         )
         flat = (out_shape[0], channels, math.prod(out_shape[2:]))
-        out = np.empty(flat, dtype=np.int64)
+        store = storage_type(out_info.dtype)
+        plan = self.plans.get(node.name)
+        step = self.channels_last.get(node.name)
+        if step is not None and step.accepts(inputs):
+            out = self._buffer(node.name, "out", (out_shape[0], *out_shape[2:], channels), store)  # no page faults
+            self._record(counts, step(inputs, out, self._map_batch))
+            return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
+        out = np.empty(flat, dtype=store)
+        inputs = [v.astype(np.int64, copy=False) for v in inputs]
         if node.op is Op.ADD:
             lhs, rhs = (np.ascontiguousarray(v.reshape(flat)) for v in inputs)
             zeros = (self._zero_point(node.inputs[0]), self._zero_point(node.inputs[1]))
@@ -168,7 +238,6 @@ class Engine:
                     lhs[part], rhs[part], *zeros, *alignment, multiplier, shift, zero_point, *limits, out[part]
                 )
         else:
-            plan = self.plans[node.name]
             gemm = self._gemm_step(node, inputs[0], plan, plan.gemm_terms[0], out_shape)
 
             def work(part: slice) -> tuple[int, int]:
@@ -176,18 +245,21 @@ class Engine:
                     gemm(part), plan.bias, multiplier, shift, zero_point, *limits, out[part]
                 )
 
-        results = self._map_batch(work, out_shape[0])
+        self._record(counts, self._map_batch(work, out_shape[0]))
+        return out.reshape(out_shape)
+
+    @staticmethod
+    def _record(counts: list[LayerCounts], results: list[tuple[int, int]]) -> None:
         counts[1].saturations = int(sum(r[0] for r in results))
         counts[0].overflow_events = int(sum(r[1] for r in results))
-        return out.reshape(out_shape)
 
     def _map_batch(self, work, batch: int) -> list:
         """Run ``work(slice)`` on contiguous slices of the batch, one per worker thread (kernels release the GIL)."""
-        bounds = np.linspace(0, batch, min(self._workers, batch) + 1).astype(int)
-        parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        if len(parts) == 1:
-            return [work(parts[0])]
-        return list(_gemm_pool().map(work, parts))
+        count = min(self._workers, batch)
+        parts = [slice(batch * i // count, batch * (i + 1) // count) for i in range(count)]
+        others = [_gemm_pool().submit(work, part) for part in parts[1:]]
+        first = work(parts[0])  # the calling thread takes a share too
+        return [first, *(future.result() for future in others)]
 
     def _plan(self, node: Node) -> WeightedPlan:
         graph = self.graph
@@ -205,6 +277,20 @@ class Engine:
         fast = self.mode == "fast" and groups == 1
         gemm = _gemm_terms(mac_weights, x_min, x_max, tuple(weight.shape)) if fast else None
         plan = WeightedPlan(mac_weights, x_min, x_max, zero_point, bias, groups, kernel, gemm)
+        if mac_weights.integer is not None:
+            largest_x = max(abs(x_min), abs(x_max))
+            plan.acc_bound = int((np.abs(mac_weights.integer).sum(axis=1) * largest_x + np.abs(bias)).max(initial=0))
+        if self.mode == "fast" and self.int8 and node.op is Op.CONV2D and mac_weights.integer is not None:
+            plan.int8 = plan_int8_conv(
+                mac_weights.integer.reshape(weight.shape),
+                info.dtype.min,
+                info.dtype.max,
+                zero_point,
+                node.attrs["stride"],
+                node.attrs["padding"],
+                node.attrs["dilation"],
+                groups,
+            )
         if mac_weights.kind == "shift_lut":
             plan.lut = sqrt2_lut(mac_weights.frac_bits, int(weight.attrs["max_exponent"]), x_min, x_max)
         if mac_weights.kind == "codebook" and self.codebook_style == "lut":
@@ -308,6 +394,9 @@ class Engine:
     def _weighted(self, node: Node, x: np.ndarray) -> np.ndarray:
         plan = self.plans[node.name]
         out_shape = (x.shape[0], *self.graph.tensors[node.outputs[0]].shape[1:])
+        if plan.int8 is not None:
+            return (plan.int8(x).astype(np.int64) + plan.bias).transpose(0, 3, 1, 2)
+        x = x.astype(np.int64, copy=False)
         centred = x - plan.zero_point
         if plan.gemm_terms is not None:
             acc = np.zeros(out_shape, dtype=np.int64)  # stays zero when every weight is zero
@@ -380,6 +469,7 @@ class Engine:
         op = node.op
         if op in (Op.CONV2D, Op.LINEAR):
             return self._weighted(node, values[0])
+        values = [v.astype(np.int64, copy=False) for v in values]
         if op is Op.REQUANTIZE:
             out, counts.saturations = self._requantize(node, values)
             return out
@@ -414,7 +504,8 @@ class Engine:
             values[name] = feed
         by_name = {layer.name: layer for layer in counts}
         skip: set[str] = set()
-        with threadpool_limits(1, user_api="blas"):
+        uses_torch = any(plan.int8 is not None for plan in self.plans.values())
+        with threadpool_limits(1, user_api="blas"), torch_threads(1 if uses_torch else None):
             for node, layer in zip(self.graph.nodes, counts, strict=True):
                 if node.name in skip:
                     continue
@@ -429,7 +520,7 @@ class Engine:
                 info = self.graph.tensors[node.outputs[0]]
                 layer.overflow_events = int(np.count_nonzero((result < info.dtype.min) | (result > info.dtype.max)))
                 values[node.outputs[0]] = result
-        return {name: values[name] for name in self.graph.outputs}, counts
+        return {name: np.array(values[name], dtype=np.int64, order="C") for name in self.graph.outputs}, counts
 
 
 def quantize(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:

@@ -10,16 +10,17 @@ from pathlib import Path
 
 def test_kernel_tests_pass_without_jit() -> None:
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    tests = Path(__file__).parent / "test_hwsim_engine.py"
+    here = Path(__file__).parent
     command = [
         sys.executable,
         "-m",
         "pytest",
-        str(tests),
+        str(here / "test_hwsim_engine.py"),
+        str(here / "test_hwsim_int8.py"),
         "-p",
         "no:cacheprovider",
         "-k",
-        "chains",
+        "chains or requant",
         "--hypothesis-seed=0",
         "-x",
     ]

@@ -156,3 +156,66 @@ def requantize(acc, multiplier, shift, num, den, zero_point, clip_min, clip_max)
                 acc[n, c], scale, np.int64(shift[c]), den[n], zero_point, clip_min, clip_max, low_counts, out[n, c]
             )
     return out, saturations.sum()
+
+
+@njit(**SERIAL)
+def requantize_rows_float(
+    acc, scale, bias, zero_point, clip_min, clip_max, acc_min, acc_max, low_counts, check_overflow, out
+):  # fmt: skip
+    """Fused bias + requantize of a channels-last block (flattened): out[i] from acc[i], exactly.
+
+    scale/bias: tiled per channel, their dtype sets the arithmetic; value * scale is exact there
+    (``hwsim.channels_last`` proves it), so np.rint rounds half to even like the integer rule.
+    Returns (saturated count, accumulator overflow count), counted as ``requantize_exact_float``
+    does; ``check_overflow`` False: proven impossible, not checked. The flags are loop invariant
+    (LLVM unswitches them out of the vectorized loop).
+    """
+    tile = scale.size
+    saturations = 0
+    overflows = 0
+    for base in range(0, acc.size, tile):
+        block, target = acc[base : base + tile], out[base : base + tile]
+        saturated = np.int32(0)
+        overflowed = np.int32(0)
+        for t in range(block.size):
+            value = block[t] + bias[t]
+            if check_overflow:
+                overflowed += (value < acc_min) | (value > acc_max)
+            q = np.rint(value * scale[t]) + zero_point
+            if low_counts:
+                saturated += q < clip_min
+            saturated += q > clip_max
+            target[t] = np.int64(min(max(q, clip_min), clip_max))
+        saturations += saturated
+        overflows += overflowed
+    return saturations, overflows
+
+
+@njit(**SERIAL)
+def add_requantize_rows_float(
+    lhs, rhs, lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier, scale, zero_point, clip_min, clip_max,
+    acc_min, acc_max, low_counts, check_overflow, out,
+):  # fmt: skip
+    """Fused residual add + requantize of flattened channels-last blocks, as ``requantize_rows_float``.
+
+    The zero points and alignment multipliers come in the dtype of ``scale``.
+    """
+    tile = scale.size
+    saturations = 0
+    overflows = 0
+    for base in range(0, lhs.size, tile):
+        left, right, target = lhs[base : base + tile], rhs[base : base + tile], out[base : base + tile]
+        saturated = np.int32(0)
+        overflowed = np.int32(0)
+        for t in range(left.size):
+            value = (left[t] - lhs_zero) * lhs_multiplier + (right[t] - rhs_zero) * rhs_multiplier
+            if check_overflow:
+                overflowed += (value < acc_min) | (value > acc_max)
+            q = np.rint(value * scale[t]) + zero_point
+            if low_counts:
+                saturated += q < clip_min
+            saturated += q > clip_max
+            target[t] = np.int64(min(max(q, clip_min), clip_max))
+        saturations += saturated
+        overflows += overflowed
+    return saturations, overflows

@@ -1,0 +1,116 @@
+"""Fused channels-last steps of hwsim's fast mode: an int8 convolution or a residual add, then the
+requantize that reads it, in float arithmetic that is proven exact.
+
+A requantize computes round_half_even(value * multiplier / 2**shift). When every |value| is at most
+``bound`` and bound * multiplier < 2**24 (2**53), value * (multiplier * 2**-shift) is exact in
+float32 (float64), and np.rint rounds it half to even: the integer rule, bit for bit. The kernels
+(``hwsim.kernels.requant.*_rows_float``) then run vectorized on [rows, C] data, which is the layout
+oneDNN's int8 convolution writes. Overflow of the accumulator type is only checked where the bound
+does not already rule it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwsim.int8_conv import Int8Conv
+from hwsim.kernels import requant
+
+FLOAT32_EXACT = 2**24
+FLOAT64_EXACT = 2**53
+TILE = 256  # per-channel constants are tiled to a whole number of channel rows of about this length
+
+
+@dataclass
+class FloatRequant:
+    """A per-channel requantization in the float type that performs it exactly, tiled for the kernels."""
+
+    scale: np.ndarray  # multiplier * 2**-shift, tiled: element i of a flattened [rows, C] block uses scale[i % len]
+    bias: np.ndarray  # tiled like scale
+    limits: tuple  # (zero point, clip min, clip max, accumulator min, max, low_counts, check_overflow)
+
+
+def float_requant(
+    multiplier: np.ndarray,
+    shift: np.ndarray,
+    bias: np.ndarray,
+    bound: int,
+    zero_point: int,
+    clips: tuple[int, int],
+    acc_limits: tuple[int, int],
+) -> FloatRequant | None:
+    """The float32 (else float64) form of a requantization of values |v| <= bound, or None if neither is exact."""
+    multiplier, shift = np.asarray(multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+    largest = bound * int(np.abs(multiplier).max(initial=0)) + abs(zero_point) + max(map(abs, clips))
+    if largest >= FLOAT64_EXACT:
+        return None
+    exact_scale = multiplier * np.exp2(-shift.astype(np.float64))  # exact: |multiplier| < 2**53
+    dtype = np.float32 if largest < FLOAT32_EXACT else np.float64
+    if not np.array_equal(exact_scale.astype(dtype).astype(np.float64), exact_scale):
+        dtype = np.float64  # a scale beyond float32's exponent range
+    repeats = -(-TILE // multiplier.size)
+    kind = dtype
+    low, high = acc_limits
+    return FloatRequant(
+        np.tile(exact_scale.astype(dtype), repeats),
+        np.tile(np.asarray(bias, dtype=dtype), repeats),
+        (
+            kind(zero_point),
+            kind(clips[0]),
+            kind(clips[1]),
+            kind(max(low, -FLOAT64_EXACT)),
+            kind(min(high, FLOAT64_EXACT)),
+            clips[0] < zero_point,  # clipping at clip_min counts as a saturation (not a fused ReLU's zero)
+            not (low <= -bound and bound <= high),  # overflow possible: check it
+        ),
+    )
+
+
+def channels_last_rows(x: np.ndarray) -> np.ndarray | None:
+    """An [N, C, H, W] array stored channels-last (or [N, C]) as a flat view in that order; None if it is not."""
+    if x.ndim not in (2, 4):
+        return None
+    rows = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+    return rows.reshape(-1) if rows.flags.c_contiguous else None
+
+
+@dataclass
+class ChannelsLastStep:
+    """An int8 convolution (``conv``) or an add (``alignment``), fused with its requantize."""
+
+    form: FloatRequant
+    conv: Int8Conv | None = None
+    alignment: tuple = ()  # add: (lhs zero point, rhs zero point, lhs multiplier, rhs multiplier) in the form's type
+
+    def accepts(self, inputs: list[np.ndarray]) -> bool:
+        return self.conv is not None or all(channels_last_rows(x) is not None for x in inputs)
+
+    def __call__(self, inputs: list[np.ndarray], out: np.ndarray, map_batch) -> list[tuple[int, int]]:
+        """Write the requantized result into ``out`` [N, ..., C]; (saturations, overflows) per batch slice."""
+        batch = out.shape[0]
+        flat_out = out.reshape(-1)
+        per_image = flat_out.size // batch
+        form = self.form
+        if self.conv is None:
+            lhs, rhs = (channels_last_rows(x) for x in inputs)
+
+            def work(part: slice) -> tuple[int, int]:
+                span = slice(part.start * per_image, part.stop * per_image)
+                return requant.add_requantize_rows_float(
+                    lhs[span], rhs[span], *self.alignment, form.scale, *form.limits, flat_out[span]
+                )
+        else:
+            acc = self.conv(inputs[0]).reshape(-1)  # one oneDNN call for the batch: its threads contend
+
+            def work(part: slice) -> tuple[int, int]:
+                span = slice(part.start * per_image, part.stop * per_image)
+                return requant.requantize_rows_float(acc[span], form.scale, form.bias, *form.limits, flat_out[span])
+
+        return map_batch(work, batch)
+
+
+def add_alignment(form: FloatRequant, zero_points: tuple[int, int], multipliers: tuple[int, int]) -> tuple:
+    kind = form.scale.dtype.type
+    return (kind(zero_points[0]), kind(zero_points[1]), kind(multipliers[0]), kind(multipliers[1]))

@@ -1,0 +1,185 @@
+"""hwsim's fast channels-last path: oneDNN int8 convolutions and exact float requantization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from irgen import quantized_types
+from modelgen import zoo_graph
+
+from hwsim import int8_conv
+from hwsim.channels_last import FLOAT32_EXACT, add_alignment, float_requant
+from hwsim.engine import Engine
+from hwsim.kernels import requant
+from qexport.data import synthetic_images
+from qexport.quant.config import QuantConfig
+from qexport.reference import quantize_input, run_graph
+from qexport.reference.rounding import round_half_even_shift
+
+needs_onednn = pytest.mark.skipif(
+    not int8_conv.available(), reason="torch's oneDNN int8 convolution is missing or inexact on this machine"
+)
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    channels = groups * draw(st.integers(1, 4))
+    out_channels = groups * draw(st.integers(1, 4))
+    kernel = draw(st.integers(1, 3))
+    dilation = draw(st.integers(1, 2))
+    padding = draw(st.integers(0, (kernel - 1) * dilation))
+    size = draw(st.integers((kernel - 1) * dilation + 1, 7))
+    dtype, zero_point = draw(quantized_types(1, 8))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    low, high = draw(st.sampled_from([(-128, 127), (-8, 7), (-1, 1)]))
+    weight = rng.integers(low, high, size=(out_channels, channels // groups, kernel, kernel), endpoint=True)
+    x = rng.integers(dtype.min, dtype.max, size=(draw(st.integers(1, 3)), channels, size, size), endpoint=True)
+    if draw(st.booleans()):  # the extremes, where a saturating 16-bit multiply-add would show
+        weight = np.where(weight < 0, low, high)
+        x = np.where(x > zero_point, dtype.max, dtype.min)
+    stride = draw(st.integers(1, 2))
+    return x, weight, dtype, zero_point, stride, padding, dilation, groups
+
+
+@needs_onednn
+@SETTINGS
+@given(case=conv_cases())
+def test_int8_convolution_equals_float64_convolution(case) -> None:
+    x, weight, dtype, zero_point, stride, padding, dilation, groups = case
+    conv = int8_conv.plan_int8_conv(
+        weight, dtype.min, dtype.max, zero_point, (stride,) * 2, (padding,) * 4, (dilation,) * 2, groups
+    )
+    assert conv is not None  # these layers are small: always provably exact
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(x - zero_point).double(),
+        torch.from_numpy(weight).double(),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    got = conv(x.astype(np.int64))
+    np.testing.assert_array_equal(got.astype(np.int64), expected.permute(0, 2, 3, 1).numpy().astype(np.int64))
+
+
+def test_int8_convolution_refuses_what_it_cannot_do_exactly() -> None:
+    weight = np.ones((2, 2, 3, 3), dtype=np.int64)
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert int8_conv.plan_int8_conv(weight * 200, 0, 255, 0, *args) is None  # weights past int8
+    assert int8_conv.plan_int8_conv(weight, 0, 511, 0, *args) is None  # activations span 512 values
+    assert int8_conv.plan_int8_conv(weight, 0, 255, 0, (1, 1), (1, 0, 1, 1), (1, 1), 1) is None  # asymmetric pad
+    wide = np.full((1, 512, 3, 3), 127)
+    assert int8_conv.plan_int8_conv(wide, 0, 255, 0, *args) is None  # 4608 * 127 * 255 >= 2**24
+
+
+@st.composite
+def requant_cases(draw):
+    channels = draw(st.integers(1, 20))
+    rows = draw(st.integers(1, 40))
+    wide = draw(st.booleans())  # float64 (large multipliers) or float32 forms
+    multiplier = np.array(draw(st.lists(st.integers(1, 2**20 if wide else 2**6), min_size=channels, max_size=channels)))
+    shift = np.array(draw(st.lists(st.integers(-3, 24), min_size=channels, max_size=channels)))
+    bound = draw(st.integers(1, 2**24))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    bias = rng.integers(-bound // 4, bound // 4, size=channels, endpoint=True)
+    acc = rng.integers(-(bound - bound // 4), bound - bound // 4, size=(rows, channels), endpoint=True)
+    halves = (np.int64(1) << np.maximum(shift - 1, 0)) * rng.integers(-64, 64, size=(rows, channels))
+    acc = np.where(rng.random((rows, channels)) < 0.3, np.clip(halves - bias, acc.min(), acc.max()), acc)  # ties
+    zero_point = draw(st.integers(-200, 200))
+    clip_min = draw(st.integers(-300, 300))
+    clip_max = draw(st.integers(clip_min, 400))
+    acc_bits = draw(st.integers(8, 26))
+    return acc, bias, multiplier, shift, bound, zero_point, (clip_min, clip_max), acc_bits
+
+
+def _integer_requant(value, multiplier, shift, zero_point, clips, acc_bits):
+    """The IR rule on int64 (qexport's reference rounding), and the counters hwsim reports."""
+    q = round_half_even_shift(value * multiplier, shift) + zero_point
+    low, high = clips
+    saturations = int(((q > high) | ((q < low) & (low < zero_point))).sum())
+    overflows = int(((value < -(2 ** (acc_bits - 1))) | (value >= 2 ** (acc_bits - 1))).sum())
+    return np.clip(q, low, high), saturations, overflows
+
+
+@SETTINGS
+@given(case=requant_cases(), out_type=st.sampled_from([np.int16, np.int32, np.int64]))
+def test_float_requant_equals_integer_rule(case, out_type) -> None:
+    acc, bias, multiplier, shift, bound, zero_point, clips, acc_bits = case
+    acc_limits = (-(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1)
+    form = float_requant(multiplier, shift, bias, bound, zero_point, clips, acc_limits)
+    assume(form is not None)
+    expected, saturations, overflows = _integer_requant(acc + bias, multiplier, shift, zero_point, clips, acc_bits)
+    stored = acc.astype(np.float32 if bound < FLOAT32_EXACT else np.float64)  # as oneDNN hands it over
+    out = np.empty(acc.shape, dtype=out_type)
+    counts = requant.requantize_rows_float(stored.reshape(-1), form.scale, form.bias, *form.limits, out.reshape(-1))
+    np.testing.assert_array_equal(out, expected)
+    assert counts[0] == saturations
+    assert counts[1] == (overflows if form.limits[-1] else 0)
+    if not form.limits[-1]:
+        assert overflows == 0  # skipping the check is a proof, not a guess
+
+
+@SETTINGS
+@given(
+    lhs_type=quantized_types(2, 9),
+    rhs_type=quantized_types(2, 9),
+    multipliers=st.tuples(st.integers(-64, 64), st.integers(-64, 64)),
+    case=requant_cases(),
+)
+def test_float_add_requant_equals_integer_rule(lhs_type, rhs_type, multipliers, case) -> None:
+    _, _, multiplier, shift, _, zero_point, clips, acc_bits = case
+    rows, channels = 7, multiplier.size
+    rng = np.random.default_rng(int(multiplier.sum()))
+    (lhs_dtype, lhs_zero), (rhs_dtype, rhs_zero) = lhs_type, rhs_type
+    lhs = rng.integers(lhs_dtype.min, lhs_dtype.max, size=(rows, channels), endpoint=True)
+    rhs = rng.integers(rhs_dtype.min, rhs_dtype.max, size=(rows, channels), endpoint=True)
+    bound = sum(
+        max(abs(t.min - z), abs(t.max - z)) * abs(m)
+        for (t, z), m in zip((lhs_type, rhs_type), multipliers, strict=True)
+    )
+    acc_limits = (-(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1)
+    form = float_requant(multiplier, shift, np.zeros(channels, np.int64), bound, zero_point, clips, acc_limits)
+    assume(form is not None)
+    value = (lhs - lhs_zero) * multipliers[0] + (rhs - rhs_zero) * multipliers[1]
+    expected, saturations, overflows = _integer_requant(value, multiplier, shift, zero_point, clips, acc_bits)
+    out = np.empty((rows, channels), dtype=np.int64)
+    alignment = add_alignment(form, (lhs_zero, rhs_zero), multipliers)
+    counts = requant.add_requantize_rows_float(
+        lhs.astype(np.int16).reshape(-1), rhs.reshape(-1), *alignment, form.scale, *form.limits, out.reshape(-1)
+    )
+    np.testing.assert_array_equal(out, expected)
+    assert counts == (saturations, overflows if form.limits[-1] else 0)
+
+
+def test_float_requant_declines_inexact_products() -> None:
+    assert float_requant(np.array([2**30]), np.array([40]), np.zeros(1), 2**24, 0, (0, 255), (-(2**31), 2**31)) is None
+    form = float_requant(np.array([2**10]), np.array([12]), np.zeros(1), 2**12, 0, (0, 255), (-(2**31), 2**31))
+    assert form.scale.dtype == np.float32  # 2**12 * 2**10 < 2**24
+    wide = float_requant(np.array([2**10]), np.array([12]), np.zeros(1), 2**20, 0, (0, 255), (-(2**31), 2**31))
+    assert wide.scale.dtype == np.float64
+
+
+@needs_onednn
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("pow2", [True, False])
+def test_networks_on_the_int8_path_equal_reference(name: str, bits: int, pow2: bool) -> None:
+    _, graph, calibration = zoo_graph(name, QuantConfig(pow2_scales=pow2, weight_bits=bits, act_bits=bits))
+    inputs = synthetic_images(tuple(calibration.shape[1:]), 3, seed=5)
+    feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], inputs)}
+    engine = Engine(graph)
+    assert sum(plan.int8 is not None for plan in engine.plans.values()) >= len(engine.plans) - 1  # all but the fc
+    # residual adds fuse too, where float64 is exact (LSQ's free scales align with 2**16-sized multipliers: not)
+    assert any(step.conv is None for step in engine.channels_last.values()) == pow2
+    outputs, counts = engine.run(feeds)
+    expected = run_graph(graph, feeds)[graph.outputs[0]]
+    np.testing.assert_array_equal(outputs[graph.outputs[0]], expected)
+    blas_outputs, blas_counts = Engine(graph, int8=False).run(feeds)
+    np.testing.assert_array_equal(blas_outputs[graph.outputs[0]], expected)
+    assert [c.to_dict() for c in counts] == [c.to_dict() for c in blas_counts]  # the same counters either way
