@@ -20,6 +20,7 @@ from hwsim.kernels import requant
 
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the kernels convert clipped results through int32
 TILE = 256  # per-channel constants are tiled to a whole number of channel rows of about this length
 
 
@@ -44,7 +45,7 @@ def float_requant(
     """The float32 (else float64) form of a requantization of values |v| <= bound, or None if neither is exact."""
     multiplier, shift = np.asarray(multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64)
     largest = bound * int(np.abs(multiplier).max(initial=0)) + abs(zero_point) + max(map(abs, clips))
-    if largest >= FLOAT64_EXACT:
+    if largest >= FLOAT64_EXACT or not INT32_MIN <= clips[0] <= clips[1] <= INT32_MAX:
         return None
     exact_scale = multiplier * np.exp2(-shift.astype(np.float64))  # exact: |multiplier| < 2**53
     dtype = np.float32 if largest < FLOAT32_EXACT else np.float64
@@ -81,8 +82,13 @@ class ChannelsLastStep:
     """An int8 convolution (``conv``) or an add (``alignment``), fused with its requantize."""
 
     form: FloatRequant
+    spatial_channels: tuple[int, ...]  # the output's (H, W, C) or (C,)
+    out_type: type  # numpy storage type of the requantized output
     conv: Int8Conv | None = None
     alignment: tuple = ()  # add: (lhs zero point, rhs zero point, lhs multiplier, rhs multiplier) in the form's type
+
+    def out_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.spatial_channels)
 
     def accepts(self, inputs: list[np.ndarray]) -> bool:
         return self.conv is not None or all(channels_last_rows(x) is not None for x in inputs)

@@ -17,15 +17,18 @@ every other op sees int64 arrays, and ``run`` returns int64 NCHW arrays.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from copy import copy
+from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
-from hwsim.channels_last import ChannelsLastStep, FloatRequant, add_alignment, float_requant
+from hwsim.channels_last import ChannelsLastStep, FloatRequant, add_alignment, channels_last_rows, float_requant
 from hwsim.counters import LayerCounts, layer_counts
 from hwsim.int8_conv import Int8Conv, plan_int8_conv, torch_threads
 from hwsim.kernels import im2col as im2col_kernels
@@ -43,6 +46,12 @@ CPU_COUNT = os.cpu_count() or 1
 CACHE_BLOCK_BYTES = 1 << 20  # im2col block size: a few images' windows, about half of a core's L2
 FLOAT32_EXACT = 2**24
 _POOL: list[ThreadPoolExecutor] = []
+
+
+@cache
+def _blas_controller() -> ThreadpoolController:
+    """The BLAS libraries loaded in this process, found once (a fresh search per run costs a millisecond)."""
+    return ThreadpoolController()
 
 
 def _gemm_pool() -> ThreadPoolExecutor:
@@ -157,14 +166,15 @@ class Engine:
                 and node.outputs[0] not in self.graph.outputs
             ):
                 form = self._float_requant(node, consumers[0], plan)
+                shape = self.graph.tensors[node.outputs[0]].shape
+                layout = ((*shape[2:], shape[1]), storage_type(self.graph.tensors[consumers[0].outputs[0]].dtype))
                 if form is not None and node.op is Op.ADD:
                     zero_points = (self._zero_point(node.inputs[0]), self._zero_point(node.inputs[1]))
                     multipliers = (node.attrs["lhs_multiplier"], node.attrs["rhs_multiplier"])
-                    self.channels_last[node.name] = ChannelsLastStep(
-                        form, alignment=add_alignment(form, zero_points, multipliers)
-                    )
+                    alignment = add_alignment(form, zero_points, multipliers)
+                    self.channels_last[node.name] = ChannelsLastStep(form, *layout, alignment=alignment)
                 elif form is not None and plan.int8 is not None:
-                    self.channels_last[node.name] = ChannelsLastStep(form, conv=plan.int8)
+                    self.channels_last[node.name] = ChannelsLastStep(form, *layout, conv=plan.int8)
                 elif plan is not None and plan.int8 is not None:
                     continue  # its accumulators then take the unfused integer path
                 fused[node.name] = consumers[0]
@@ -206,6 +216,11 @@ class Engine:
         return multiplier, shift
 
     def _fused_requant(self, node: Node, requant_node: Node, inputs: list[np.ndarray], counts: list[LayerCounts]):
+        step = self.channels_last.get(node.name)
+        if step is not None and step.accepts(inputs):
+            out = self._buffer(node.name, "out", step.out_shape(inputs[0].shape[0]), step.out_type)  # reused
+            self._record(counts, step(inputs, out, self._map_batch))
+            return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
         out_info = self.graph.tensors[requant_node.outputs[0]]
         acc_info = self.graph.tensors[node.outputs[0]]
         out_shape = (inputs[0].shape[0], *acc_info.shape[1:])
@@ -219,14 +234,8 @@ class Engine:
             acc_info.dtype.max,
         )
         flat = (out_shape[0], channels, math.prod(out_shape[2:]))
-        store = storage_type(out_info.dtype)
         plan = self.plans.get(node.name)
-        step = self.channels_last.get(node.name)
-        if step is not None and step.accepts(inputs):
-            out = self._buffer(node.name, "out", (out_shape[0], *out_shape[2:], channels), store)  # no page faults
-            self._record(counts, step(inputs, out, self._map_batch))
-            return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
-        out = np.empty(flat, dtype=store)
+        out = np.empty(flat, dtype=storage_type(out_info.dtype))
         inputs = [v.astype(np.int64, copy=False) for v in inputs]
         if node.op is Op.ADD:
             lhs, rhs = (np.ascontiguousarray(v.reshape(flat)) for v in inputs)
@@ -469,6 +478,12 @@ class Engine:
         op = node.op
         if op in (Op.CONV2D, Op.LINEAR):
             return self._weighted(node, values[0])
+        if op is Op.GLOBAL_AVGPOOL and (rows := channels_last_rows(values[0])) is not None:
+            batch, channels = values[0].shape[:2]
+            pooled = pool.global_avgpool_channels_last(
+                rows.reshape(batch, -1, channels), self._zero_point(node.inputs[0])
+            )
+            return pooled.reshape(batch, channels, 1, 1)
         values = [v.astype(np.int64, copy=False) for v in values]
         if op is Op.REQUANTIZE:
             out, counts.saturations = self._requantize(node, values)
@@ -490,10 +505,23 @@ class Engine:
         return np.concatenate(values, axis=node.attrs["axis"])
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[LayerCounts]]:
-        """Execute on integer inputs; return (outputs, per-layer counters for this batch)."""
+        """Execute on integer inputs; return (outputs, per-layer counters for this batch).
+
+        Python's cyclic garbage collector is paused meanwhile: a run makes no reference cycles, and
+        full collections over torch's and numba's objects took a tenth of the fast path's time.
+        """
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(feeds)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[LayerCounts]]:
         set_threads(self.threads)
         batch = len(next(iter(feeds.values())))
-        counts = [replace(layer) for layer in self._static_counts(batch)]
+        counts = [copy(layer) for layer in self._static_counts(batch)]
         values: dict[str, np.ndarray] = {}
         for name in self.graph.inputs:
             feed = np.asarray(feeds[name], dtype=np.int64)
@@ -505,7 +533,7 @@ class Engine:
         by_name = {layer.name: layer for layer in counts}
         skip: set[str] = set()
         uses_torch = any(plan.int8 is not None for plan in self.plans.values())
-        with threadpool_limits(1, user_api="blas"), torch_threads(1 if uses_torch else None):
+        with _blas_controller().limit(limits=1, user_api="blas"), torch_threads(1 if uses_torch else None):
             for node, layer in zip(self.graph.nodes, counts, strict=True):
                 if node.name in skip:
                     continue

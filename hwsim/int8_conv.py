@@ -38,6 +38,8 @@ class Int8Conv:
     padding: list[int]
     dilation: list[int]
     groups: int
+    unit_scales: object = None  # torch.Tensor [O] of ones (made once)
+    zero_points: object = None  # torch.Tensor [O] of zeros
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x: logical [N, C, H, W] integers (any layout) -> accumulators float32 [N, OH, OW, O] (NHWC)."""
@@ -53,8 +55,8 @@ class Int8Conv:
             1.0,
             self.zero_point,
             self.packed,
-            torch.ones(self.channels, dtype=torch.float32),
-            torch.zeros(self.channels, dtype=torch.int64),
+            self.unit_scales,
+            self.zero_points,
             None,
             self.stride,
             self.padding,
@@ -130,7 +132,18 @@ def _prepare(weight, offset, zero_point, stride, padding, dilation, groups) -> I
         groups,
         None,
     )
-    return Int8Conv(packed, channels, offset, zero_point, list(stride), list(padding), list(dilation), groups)
+    return Int8Conv(
+        packed,
+        channels,
+        offset,
+        zero_point,
+        list(stride),
+        list(padding),
+        list(dilation),
+        groups,
+        torch.ones(channels, dtype=torch.float32),
+        torch.zeros(channels, dtype=torch.int64),
+    )
 
 
 def reference_conv(x: np.ndarray, weight: np.ndarray, zero_point: int, stride, padding, dilation, groups) -> np.ndarray:

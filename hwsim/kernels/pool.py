@@ -45,3 +45,19 @@ def pool2d(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, out_h, 
                     count = kernel_h * kernel_w if count_pad else inside
                     out[n, c, i, j] = divide_round_half_even(total, count) + zero_point
     return out
+
+
+@njit(**SERIAL)
+def global_avgpool_channels_last(x, zero_point):
+    """Global average pool of channels-last x [N, P, C] (P = H * W): [N, C] int64, as pool2d rounds."""
+    batch, pixels, channels = x.shape
+    out = np.empty((batch, channels), dtype=np.int64)
+    totals = np.empty(channels, dtype=np.int64)
+    for n in range(batch):
+        totals[:] = -pixels * zero_point
+        for p in range(pixels):
+            for c in range(channels):
+                totals[c] += x[n, p, c]
+        for c in range(channels):
+            out[n, c] = divide_round_half_even(totals[c], pixels) + zero_point
+    return out

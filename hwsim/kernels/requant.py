@@ -168,7 +168,7 @@ def requantize_rows_float(
     (``hwsim.channels_last`` proves it), so np.rint rounds half to even like the integer rule.
     Returns (saturated count, accumulator overflow count), counted as ``requantize_exact_float``
     does; ``check_overflow`` False: proven impossible, not checked. The flags are loop invariant
-    (LLVM unswitches them out of the vectorized loop).
+    (LLVM unswitches them out of the vectorized loop). Clip limits fit int32 (``float_requant``).
     """
     tile = scale.size
     saturations = 0
@@ -180,12 +180,12 @@ def requantize_rows_float(
         for t in range(block.size):
             value = block[t] + bias[t]
             if check_overflow:
-                overflowed += (value < acc_min) | (value > acc_max)
+                overflowed = np.int32(overflowed + np.int32((value < acc_min) | (value > acc_max)))
             q = np.rint(value * scale[t]) + zero_point
             if low_counts:
-                saturated += q < clip_min
-            saturated += q > clip_max
-            target[t] = np.int64(min(max(q, clip_min), clip_max))
+                saturated = np.int32(saturated + np.int32(q < clip_min))
+            saturated = np.int32(saturated + np.int32(q > clip_max))  # 32-bit lanes: twice as many per vector
+            target[t] = np.int32(min(max(q, clip_min), clip_max))
         saturations += saturated
         overflows += overflowed
     return saturations, overflows
@@ -210,12 +210,12 @@ def add_requantize_rows_float(
         for t in range(left.size):
             value = (left[t] - lhs_zero) * lhs_multiplier + (right[t] - rhs_zero) * rhs_multiplier
             if check_overflow:
-                overflowed += (value < acc_min) | (value > acc_max)
+                overflowed = np.int32(overflowed + np.int32((value < acc_min) | (value > acc_max)))
             q = np.rint(value * scale[t]) + zero_point
             if low_counts:
-                saturated += q < clip_min
-            saturated += q > clip_max
-            target[t] = np.int64(min(max(q, clip_min), clip_max))
+                saturated = np.int32(saturated + np.int32(q < clip_min))
+            saturated = np.int32(saturated + np.int32(q > clip_max))  # 32-bit lanes: twice as many per vector
+            target[t] = np.int32(min(max(q, clip_min), clip_max))
         saturations += saturated
         overflows += overflowed
     return saturations, overflows
