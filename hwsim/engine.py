@@ -17,7 +17,6 @@ every other op sees int64 arrays, and ``run`` returns int64 NCHW arrays.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -505,20 +504,7 @@ class Engine:
         return np.concatenate(values, axis=node.attrs["axis"])
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[LayerCounts]]:
-        """Execute on integer inputs; return (outputs, per-layer counters for this batch).
-
-        Python's cyclic garbage collector is paused meanwhile: a run makes no reference cycles, and
-        full collections over torch's and numba's objects took a tenth of the fast path's time.
-        """
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            return self._run(feeds)
-        finally:
-            if collecting:
-                gc.enable()
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[LayerCounts]]:
+        """Execute on integer inputs; return (outputs, per-layer counters for this batch)."""
         set_threads(self.threads)
         batch = len(next(iter(feeds.values())))
         counts = [copy(layer) for layer in self._static_counts(batch)]
