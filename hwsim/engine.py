@@ -34,6 +34,7 @@ from hwsim.kernels import im2col as im2col_kernels
 from hwsim.kernels import mac, pool, requant
 from hwsim.kernels.config import set_threads
 from hwsim.kernels.im2col import im2col
+from hwsim.memory import retain_freed_memory
 from hwsim.weights import MacWeights, decode, product_lut, sqrt2_lut
 from qexport.errors import QExportError
 from qexport.ir.checker import check_graph
@@ -143,6 +144,8 @@ class Engine:
         self.plans = {node.name: self._plan(node) for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR)}
         self.channels_last: dict[str, ChannelsLastStep] = {}  # fused nodes with an exact channels-last form
         self.fused = self._fusable_requants()
+        if self.channels_last:
+            retain_freed_memory()  # its per-layer buffers would otherwise page-fault in some processes
         self._buffers: dict[tuple, np.ndarray] = {}
         self._counts: dict[int, list[LayerCounts]] = {}
         self._workers = max(1, min(threads or CPU_COUNT, CPU_COUNT))
@@ -218,7 +221,7 @@ class Engine:
         step = self.channels_last.get(node.name)
         if step is not None and step.accepts(inputs):
             out = self._buffer(node.name, "out", step.out_shape(inputs[0].shape[0]), step.out_type)  # reused
-            self._record(counts, step(inputs, out, self._map_batch))
+            self._record(counts, [step(inputs, out)])
             return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
         out_info = self.graph.tensors[requant_node.outputs[0]]
         acc_info = self.graph.tensors[node.outputs[0]]
@@ -519,7 +522,7 @@ class Engine:
         by_name = {layer.name: layer for layer in counts}
         skip: set[str] = set()
         uses_torch = any(plan.int8 is not None for plan in self.plans.values())
-        with _blas_controller().limit(limits=1, user_api="blas"), torch_threads(1 if uses_torch else None):
+        with _blas_controller().limit(limits=1, user_api="blas"), torch_threads(self._workers if uses_torch else None):
             for node, layer in zip(self.graph.nodes, counts, strict=True):
                 if node.name in skip:
                     continue

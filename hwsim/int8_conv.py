@@ -21,6 +21,8 @@ from functools import cache
 
 import numpy as np
 
+from hwsim.kernels import layout
+
 FLOAT32_EXACT = 2**24
 INT32_LIMIT = 2**31
 UINT8_VALUES = 256
@@ -46,10 +48,10 @@ class Int8Conv:
         import torch
 
         channels_last = x.transpose(0, 2, 3, 1)
-        if x.dtype == np.uint8 and self.offset == 0:
-            u8 = np.ascontiguousarray(channels_last)
+        if x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous:
+            u8 = channels_last
         else:
-            u8 = np.ascontiguousarray(channels_last.astype(np.int32) + self.offset, dtype=np.uint8)
+            u8 = layout.channels_last_uint8(x, self.offset)
         out = torch.ops.onednn.qconv2d_pointwise(
             torch.from_numpy(u8).permute(0, 3, 1, 2),
             1.0,
