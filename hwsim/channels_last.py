@@ -111,3 +111,29 @@ class ChannelsLastStep:
 def add_alignment(form: FloatRequant, zero_points: tuple[int, int], multipliers: tuple[int, int]) -> tuple:
     kind = form.scale.dtype.type
     return (kind(zero_points[0]), kind(zero_points[1]), kind(multipliers[0]), kind(multipliers[1]))
+
+
+@dataclass
+class ResidualStep:
+    """A fused int8 convolution whose requantized output only feeds a fused residual add: one pass."""
+
+    conv: ChannelsLastStep
+    add: ChannelsLastStep
+    other: str  # the add's other operand (computed before the convolution)
+    alignment: tuple  # (own zero point, other's, own multiplier, other's), in the add form's type
+
+    @classmethod
+    def of(cls, conv: ChannelsLastStep, add: ChannelsLastStep, other: str, conv_side: int) -> ResidualStep:
+        lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier = add.alignment
+        if conv_side == 0:
+            return cls(conv, add, other, (lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier))
+        return cls(conv, add, other, (rhs_zero, lhs_zero, rhs_multiplier, lhs_multiplier))
+
+    def __call__(self, x: np.ndarray, other_rows: np.ndarray, out: np.ndarray) -> tuple[int, int, int, int]:
+        """x: the convolution's input; other_rows: ``channels_last_rows`` of the other operand."""
+        first, second = self.conv.form, self.add.form
+        acc = self.conv.conv(x).reshape(-1)
+        return requant.residual_rows_float(
+            acc, first.scale, first.bias, *first.limits, other_rows, *self.alignment, second.scale, *second.limits,
+            out.reshape(-1),
+        )  # fmt: skip

@@ -27,7 +27,14 @@ from functools import cache
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from hwsim.channels_last import ChannelsLastStep, FloatRequant, add_alignment, channels_last_rows, float_requant
+from hwsim.channels_last import (
+    ChannelsLastStep,
+    FloatRequant,
+    ResidualStep,
+    add_alignment,
+    channels_last_rows,
+    float_requant,
+)
 from hwsim.counters import LayerCounts, layer_counts
 from hwsim.int8_conv import Int8Conv, plan_int8_conv, torch_threads
 from hwsim.kernels import im2col as im2col_kernels
@@ -144,6 +151,7 @@ class Engine:
         self.plans = {node.name: self._plan(node) for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR)}
         self.channels_last: dict[str, ChannelsLastStep] = {}  # fused nodes with an exact channels-last form
         self.fused = self._fusable_requants()
+        self.residuals = self._residual_steps()
         if self.channels_last:
             retain_freed_memory()  # its per-layer buffers would otherwise page-fault in some processes
         self._buffers: dict[tuple, np.ndarray] = {}
@@ -181,6 +189,30 @@ class Engine:
                     continue  # its accumulators then take the unfused integer path
                 fused[node.name] = consumers[0]
         return fused
+
+    def _residual_steps(self) -> dict[str, tuple[ResidualStep, Node, Node, Node]]:
+        """Fused int8 convolutions whose requantized output only feeds a fused residual add whose other
+        operand is computed earlier: conv name -> (step, its requantize, the add, the add's requantize)."""
+        order = {node.name: i for i, node in enumerate(self.graph.nodes)}
+        producer = {out: node.name for node in self.graph.nodes for out in node.outputs}
+        steps = {}
+        for name, requant_node in self.fused.items():
+            conv_step = self.channels_last.get(name)
+            tensor = requant_node.outputs[0]
+            consumers = self.graph.consumers(tensor)
+            if conv_step is None or conv_step.conv is None or len(consumers) != 1 or tensor in self.graph.outputs:
+                continue
+            add = consumers[0]
+            add_step = self.channels_last.get(add.name)
+            if add_step is None or add.op is not Op.ADD or add.inputs[0] == add.inputs[1]:
+                continue
+            side = add.inputs.index(tensor)
+            other = add.inputs[1 - side]
+            if other in producer and order[producer[other]] > order[name]:
+                continue  # not computed yet when the convolution runs
+            step = ResidualStep.of(conv_step, add_step, other, side)
+            steps[name] = (step, requant_node, add, self.fused[add.name])
+        return steps
 
     def _float_requant(self, node: Node, requant_node: Node, plan: WeightedPlan | None) -> FloatRequant | None:
         channels = self.graph.tensors[node.outputs[0]].shape[1]
@@ -476,6 +508,20 @@ class Engine:
             self._zero_point(node.inputs[0]),
         )
 
+    def _residual(self, name: str, x: np.ndarray, values: dict, by_name: dict, skip: set) -> bool:
+        """Run a ResidualStep when the add's other operand is channels-last; False: run the nodes one by one."""
+        step, requant_node, add, add_requant = self.residuals[name]
+        other_rows = channels_last_rows(values[step.other])
+        if other_rows is None:
+            return False
+        out = self._buffer(add.name, "out", step.add.out_shape(x.shape[0]), step.add.out_type)
+        results = step(x, other_rows, out)
+        by_name[name].overflow_events, by_name[requant_node.name].saturations = int(results[1]), int(results[0])
+        by_name[add.name].overflow_events, by_name[add_requant.name].saturations = int(results[3]), int(results[2])
+        values[add_requant.outputs[0]] = out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
+        skip.update((requant_node.name, add.name, add_requant.name))
+        return True
+
     def _run_node(self, node: Node, values: list[np.ndarray], counts: LayerCounts) -> np.ndarray:
         op = node.op
         if op in (Op.CONV2D, Op.LINEAR):
@@ -527,6 +573,8 @@ class Engine:
                 if node.name in skip:
                     continue
                 inputs = [values[name] for name in node.inputs]
+                if node.name in self.residuals and self._residual(node.name, inputs[0], values, by_name, skip):
+                    continue
                 if node.name in self.fused:
                     requant_node = self.fused[node.name]
                     pair = [layer, by_name[requant_node.name]]

@@ -11,10 +11,11 @@ from irgen import quantized_types
 from modelgen import zoo_graph
 
 from hwsim import int8_conv
-from hwsim.channels_last import FLOAT32_EXACT, add_alignment, float_requant
+from hwsim.channels_last import FLOAT32_EXACT, ChannelsLastStep, ResidualStep, add_alignment, float_requant
 from hwsim.engine import Engine
 from hwsim.kernels import requant
 from qexport.data import synthetic_images
+from qexport.ir.dtypes import IntType
 from qexport.quant.config import QuantConfig
 from qexport.reference import quantize_input, run_graph
 from qexport.reference.rounding import round_half_even_shift
@@ -157,6 +158,43 @@ def test_float_add_requant_equals_integer_rule(lhs_type, rhs_type, multipliers, 
     assert counts == (saturations, overflows if form.limits[-1] else 0)
 
 
+@SETTINGS
+@given(first=requant_cases(), second=requant_cases(), other_type=quantized_types(2, 8), conv_side=st.integers(0, 1))
+def test_residual_kernel_equals_requant_then_add(first, second, other_type, conv_side) -> None:
+    acc, bias, multiplier, shift, bound, zero_point, clips, acc_bits = first
+    rows, channels = acc.shape
+    own_type = IntType.for_range(min(clips[0], 0), max(clips[1], 1))
+    add_multiplier, add_shift = second[2][:1].repeat(channels), second[3][:1].repeat(channels)
+    (other_dtype, other_zero), multipliers = other_type, (3, -2) if conv_side else (-2, 3)
+    rng = np.random.default_rng(int(acc.sum()) % 2**32)
+    other = rng.integers(other_dtype.min, other_dtype.max, size=(rows, channels), endpoint=True)
+    acc_limits = (-(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1)
+    form = float_requant(multiplier, shift, bias, bound, zero_point, clips, acc_limits)
+    add_bound = max(abs(own_type.min - zero_point), abs(own_type.max - zero_point)) * 3
+    add_bound += max(abs(other_dtype.min - other_zero), abs(other_dtype.max - other_zero)) * 3
+    no_bias = np.zeros(channels, np.int64)
+    add_form = float_requant(add_multiplier, add_shift, no_bias, add_bound, *second[5:7], acc_limits)
+    assume(form is not None and add_form is not None)
+    stored = acc.astype(np.float32 if bound < FLOAT32_EXACT else np.float64).reshape(-1)
+    own = np.empty(acc.size, dtype=np.int32)
+    first_counts = requant.requantize_rows_float(stored, form.scale, form.bias, *form.limits, own)
+    zeros = (zero_point, other_zero) if conv_side == 0 else (other_zero, zero_point)
+    operands = (own, other.reshape(-1)) if conv_side == 0 else (other.reshape(-1), own)
+    expected = np.empty(acc.size, dtype=np.int32)
+    alignment = add_alignment(add_form, zeros, multipliers)
+    add_counts = requant.add_requantize_rows_float(*operands, *alignment, add_form.scale, *add_form.limits, expected)
+    conv_step = ChannelsLastStep(form, (channels,), np.int32, conv=None)
+    add_step = ChannelsLastStep(add_form, (channels,), np.int32, alignment=alignment)
+    step = ResidualStep.of(conv_step, add_step, "other", conv_side)
+    got = np.empty(acc.size, dtype=np.int32)
+    counts = requant.residual_rows_float(
+        stored, form.scale, form.bias, *form.limits, other.reshape(-1), *step.alignment,
+        add_form.scale, *add_form.limits, got,
+    )  # fmt: skip
+    np.testing.assert_array_equal(got, expected)
+    assert counts == (*first_counts, *add_counts)
+
+
 def test_float_requant_declines_inexact_products() -> None:
     assert float_requant(np.array([2**30]), np.array([40]), np.zeros(1), 2**24, 0, (0, 255), (-(2**31), 2**31)) is None
     form = float_requant(np.array([2**10]), np.array([12]), np.zeros(1), 2**12, 0, (0, 255), (-(2**31), 2**31))
@@ -175,8 +213,10 @@ def test_networks_on_the_int8_path_equal_reference(name: str, bits: int, pow2: b
     feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], inputs)}
     engine = Engine(graph)
     assert sum(plan.int8 is not None for plan in engine.plans.values()) >= len(engine.plans) - 1  # all but the fc
-    # residual adds fuse too, where float64 is exact (LSQ's free scales align with 2**16-sized multipliers: not)
+    # residual adds fuse too, where float64 is exact (LSQ's free scales align with 2**16-sized multipliers: not),
+    # mostly into the convolution before them
     assert any(step.conv is None for step in engine.channels_last.values()) == pow2
+    assert bool(engine.residuals) == pow2
     outputs, counts = engine.run(feeds)
     expected = run_graph(graph, feeds)[graph.outputs[0]]
     np.testing.assert_array_equal(outputs[graph.outputs[0]], expected)

@@ -219,3 +219,45 @@ def add_requantize_rows_float(
         saturations += saturated
         overflows += overflowed
     return saturations, overflows
+
+
+@njit(**SERIAL)
+def residual_rows_float(
+    acc, scale, bias, zero_point, clip_min, clip_max, acc_min, acc_max, low_counts, check_overflow,
+    other, own_zero, other_zero, own_multiplier, other_multiplier,
+    add_scale, add_zero_point, add_clip_min, add_clip_max, add_min, add_max, add_low_counts, add_check_overflow,
+    out,
+):  # fmt: skip
+    """A convolution's requantize, the residual add it feeds and that add's requantize, in one pass.
+
+    The same arithmetic as ``requantize_rows_float`` followed by ``add_requantize_rows_float``
+    (the requantized convolution output is the add's ``own`` operand, never stored). Returns
+    (saturations, overflows) of the first requantize, then of the add's.
+    """
+    tile = scale.size
+    saturations, overflows, add_saturations, add_overflows = 0, 0, 0, 0
+    for base in range(0, acc.size, tile):
+        block, shortcut, target = acc[base : base + tile], other[base : base + tile], out[base : base + tile]
+        saturated, overflowed, add_saturated, add_overflowed = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+        for t in range(block.size):
+            value = block[t] + bias[t]
+            if check_overflow:
+                overflowed = np.int32(overflowed + np.int32((value < acc_min) | (value > acc_max)))
+            q = np.rint(value * scale[t]) + zero_point
+            if low_counts:
+                saturated = np.int32(saturated + np.int32(q < clip_min))
+            saturated = np.int32(saturated + np.int32(q > clip_max))
+            q = min(max(q, clip_min), clip_max)
+            total = (q - own_zero) * own_multiplier + (shortcut[t] - other_zero) * other_multiplier
+            if add_check_overflow:
+                add_overflowed = np.int32(add_overflowed + np.int32((total < add_min) | (total > add_max)))
+            r = np.rint(total * add_scale[t]) + add_zero_point
+            if add_low_counts:
+                add_saturated = np.int32(add_saturated + np.int32(r < add_clip_min))
+            add_saturated = np.int32(add_saturated + np.int32(r > add_clip_max))
+            target[t] = np.int32(min(max(r, add_clip_min), add_clip_max))
+        saturations += saturated
+        overflows += overflowed
+        add_saturations += add_saturated
+        add_overflows += add_overflowed
+    return saturations, overflows, add_saturations, add_overflows
