@@ -194,6 +194,8 @@ class Engine:
         """Fused int8 convolutions whose requantized output only feeds a fused residual add whose other
         operand is computed earlier: conv name -> (step, its requantize, the add, the add's requantize)."""
         order = {node.name: i for i, node in enumerate(self.graph.nodes)}
+        for name, requant_node in self.fused.items():
+            order[requant_node.name] = order[name]  # a fused requantize runs with its producer
         producer = {out: node.name for node in self.graph.nodes for out in node.outputs}
         steps = {}
         for name, requant_node in self.fused.items():
