@@ -64,9 +64,12 @@ def run(
     dataflow: Dataflow = None,
     json_out: JsonOut = None,
     plot: PlotOut = None,
-    mode: Annotated[str, typer.Option(help="fast (exact BLAS where provably exact) or faithful (MAC units)")] = "fast",
+    mode: Annotated[
+        str, typer.Option(help="fast (oneDNN int8 / BLAS where provably exact) or faithful (MAC units)")
+    ] = "fast",
     codebook_style: Annotated[str, typer.Option(help="codebook MACs: lut or per_level")] = "lut",
     threads: Annotated[int | None, typer.Option(help="worker threads (default: all cores)")] = None,
+    int8: Annotated[bool, typer.Option(help="fast mode: oneDNN int8 convolutions where available and exact")] = True,
 ) -> None:
     """Execute the integer network bit-accurately and report cycles, memory, ops and energy."""
     try:
@@ -76,7 +79,8 @@ def run(
         name = graph.inputs[0]
         feeds = {name: data.astype(np.int64) if np.issubdtype(data.dtype, np.integer) else quantize(graph, name, data)}
         started = time.perf_counter()
-        outputs, counts = Engine(graph, mode=mode, codebook_style=codebook_style, threads=threads).run(feeds)
+        engine = Engine(graph, mode=mode, codebook_style=codebook_style, threads=threads, int8=int8)
+        outputs, counts = engine.run(feeds)
         seconds = time.perf_counter() - started
         result = estimate(graph, hw, batch=len(data), counts=counts, codebook_style=codebook_style)
     except QExportError as error:
