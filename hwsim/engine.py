@@ -131,7 +131,7 @@ def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int, shape: tuple[in
 
 
 class Engine:
-    """Bit-accurate executor of a checked IR graph."""
+    """Bit-accurate executor of a checked IR graph. It reuses work buffers between runs: one engine per thread."""
 
     def __init__(
         self,
