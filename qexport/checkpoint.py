@@ -50,14 +50,19 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     save_file(state, str(path), metadata=metadata)
 
 
+def _refuse_pickle(path: Path, head: bytes) -> None:
+    """Stop before anything else reads a pickle or torch.save file (their loading can run code)."""
+    if head.startswith(PICKLE_SIGNATURES):
+        raise CheckpointError(
+            f"{path}: this is a pickle/torch.save file; qexport never unpickles, save with safetensors"
+        )
+
+
 def _read_header(path: Path) -> dict[str, str]:
     try:
         with path.open("rb") as handle:
             head = handle.read(8)
-            if head.startswith(PICKLE_SIGNATURES):
-                raise CheckpointError(
-                    f"{path}: this is a pickle/torch.save file; qexport never unpickles, save with safetensors"
-                )
+            _refuse_pickle(path, head)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: truncated (no safetensors header)")
             size = int.from_bytes(head, "little")
@@ -146,9 +151,7 @@ def load_float_weights(path: Path | str) -> tuple[Any, str, dict[str, Any]]:
         raise CheckpointError(f"{path}: no such float weights file")
     try:
         with path.open("rb") as handle:
-            head = handle.read(8)
-        if head.startswith(PICKLE_SIGNATURES):
-            raise CheckpointError(f"{path}: this is a pickle/torch.save file; qexport never unpickles")
+            _refuse_pickle(path, handle.read(8))
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
