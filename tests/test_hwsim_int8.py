@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,14 @@ def test_networks_on_the_int8_path_equal_reference(name: str, bits: int, pow2: b
     blas_outputs, blas_counts = Engine(graph, int8=False).run(feeds)
     np.testing.assert_array_equal(blas_outputs[graph.outputs[0]], expected)
     assert [c.to_dict() for c in counts] == [c.to_dict() for c in blas_counts]  # the same counters either way
+
+
+def test_malloc_thresholds_respect_the_users_settings(monkeypatch) -> None:
+    from hwsim import memory
+
+    memory.retain_freed_memory.cache_clear()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert memory.retain_freed_memory() is False  # the user's glibc settings win
+    memory.retain_freed_memory.cache_clear()
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert memory.retain_freed_memory() is (platform.libc_ver()[0] == "glibc")
