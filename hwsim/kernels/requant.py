@@ -159,6 +159,23 @@ def requantize(acc, multiplier, shift, num, den, zero_point, clip_min, clip_max)
 
 
 @njit(**SERIAL)
+def _outside(value, low, high):
+    """1 when value lies outside [low, high] (an accumulator overflow), as int32."""
+    return np.int32((value < low) | (value > high))
+
+
+@njit(**SERIAL)
+def _round_clip(value, scale, zero_point, clip_min, clip_max, low_counts):
+    """(clip(rint(value * scale) + zero_point), 1 if that clipped as a saturation else 0): exact where
+    value * scale is (the ``hwsim.channels_last`` bound)."""
+    q = np.rint(value * scale) + zero_point
+    saturated = np.int32(q > clip_max)
+    if low_counts:
+        saturated = np.int32(saturated + np.int32(q < clip_min))
+    return min(max(q, clip_min), clip_max), saturated
+
+
+@njit(**SERIAL)
 def requantize_rows_float(
     acc, scale, bias, zero_point, clip_min, clip_max, acc_min, acc_max, low_counts, check_overflow, out
 ):  # fmt: skip
@@ -168,7 +185,8 @@ def requantize_rows_float(
     (``hwsim.channels_last`` proves it), so np.rint rounds half to even like the integer rule.
     Returns (saturated count, accumulator overflow count), counted as ``requantize_exact_float``
     does; ``check_overflow`` False: proven impossible, not checked. The flags are loop invariant
-    (LLVM unswitches them out of the vectorized loop). Clip limits fit int32 (``float_requant``).
+    (LLVM unswitches them out of the vectorized loop). Clip limits fit int32 (``float_requant``);
+    counts run in int32 lanes, twice as many per vector as int64.
     """
     tile = scale.size
     saturations = 0
@@ -180,12 +198,10 @@ def requantize_rows_float(
         for t in range(block.size):
             value = block[t] + bias[t]
             if check_overflow:
-                overflowed = np.int32(overflowed + np.int32((value < acc_min) | (value > acc_max)))
-            q = np.rint(value * scale[t]) + zero_point
-            if low_counts:
-                saturated = np.int32(saturated + np.int32(q < clip_min))
-            saturated = np.int32(saturated + np.int32(q > clip_max))  # 32-bit lanes: twice as many per vector
-            target[t] = np.int32(min(max(q, clip_min), clip_max))
+                overflowed = np.int32(overflowed + _outside(value, acc_min, acc_max))
+            q, clipped = _round_clip(value, scale[t], zero_point, clip_min, clip_max, low_counts)
+            saturated = np.int32(saturated + clipped)
+            target[t] = np.int32(q)
         saturations += saturated
         overflows += overflowed
     return saturations, overflows
@@ -210,12 +226,10 @@ def add_requantize_rows_float(
         for t in range(left.size):
             value = (left[t] - lhs_zero) * lhs_multiplier + (right[t] - rhs_zero) * rhs_multiplier
             if check_overflow:
-                overflowed = np.int32(overflowed + np.int32((value < acc_min) | (value > acc_max)))
-            q = np.rint(value * scale[t]) + zero_point
-            if low_counts:
-                saturated = np.int32(saturated + np.int32(q < clip_min))
-            saturated = np.int32(saturated + np.int32(q > clip_max))  # 32-bit lanes: twice as many per vector
-            target[t] = np.int32(min(max(q, clip_min), clip_max))
+                overflowed = np.int32(overflowed + _outside(value, acc_min, acc_max))
+            q, clipped = _round_clip(value, scale[t], zero_point, clip_min, clip_max, low_counts)
+            saturated = np.int32(saturated + clipped)
+            target[t] = np.int32(q)
         saturations += saturated
         overflows += overflowed
     return saturations, overflows
@@ -242,20 +256,17 @@ def residual_rows_float(
         for t in range(block.size):
             value = block[t] + bias[t]
             if check_overflow:
-                overflowed = np.int32(overflowed + np.int32((value < acc_min) | (value > acc_max)))
-            q = np.rint(value * scale[t]) + zero_point
-            if low_counts:
-                saturated = np.int32(saturated + np.int32(q < clip_min))
-            saturated = np.int32(saturated + np.int32(q > clip_max))
-            q = min(max(q, clip_min), clip_max)
+                overflowed = np.int32(overflowed + _outside(value, acc_min, acc_max))
+            q, clipped = _round_clip(value, scale[t], zero_point, clip_min, clip_max, low_counts)
+            saturated = np.int32(saturated + clipped)
             total = (q - own_zero) * own_multiplier + (shortcut[t] - other_zero) * other_multiplier
             if add_check_overflow:
-                add_overflowed = np.int32(add_overflowed + np.int32((total < add_min) | (total > add_max)))
-            r = np.rint(total * add_scale[t]) + add_zero_point
-            if add_low_counts:
-                add_saturated = np.int32(add_saturated + np.int32(r < add_clip_min))
-            add_saturated = np.int32(add_saturated + np.int32(r > add_clip_max))
-            target[t] = np.int32(min(max(r, add_clip_min), add_clip_max))
+                add_overflowed = np.int32(add_overflowed + _outside(total, add_min, add_max))
+            r, add_clipped = _round_clip(
+                total, add_scale[t], add_zero_point, add_clip_min, add_clip_max, add_low_counts
+            )
+            add_saturated = np.int32(add_saturated + add_clipped)
+            target[t] = np.int32(r)
         saturations += saturated
         overflows += overflowed
         add_saturations += add_saturated
