@@ -1,12 +1,12 @@
-"""Fused channels-last steps of hwsim's fast mode: an int8 convolution or a residual add, then the
+"""Fused channels-last steps of hwsim's fast mode: a torch convolution or a residual add, then the
 requantize that reads it, in float arithmetic that is proven exact.
 
 A requantize computes round_half_even(value * multiplier / 2**shift). When every |value| is at most
 ``bound`` and bound * multiplier < 2**24 (2**53), value * (multiplier * 2**-shift) is exact in
 float32 (float64), and np.rint rounds it half to even: the integer rule, bit for bit. The kernels
 (``hwsim.kernels.requant.*_rows_float``) then run vectorized on [rows, C] data, which is the layout
-oneDNN's int8 convolution writes. Overflow of the accumulator type is only checked where the bound
-does not already rule it out.
+the torch convolutions (``hwsim.int8_conv``, ``hwsim.float_conv``) write. Overflow of the
+accumulator type is only checked where the bound does not already rule it out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hwsim.float_conv import FloatConv
 from hwsim.int8_conv import Int8Conv
 from hwsim.kernels import requant
 
@@ -79,12 +80,12 @@ def channels_last_rows(x: np.ndarray) -> np.ndarray | None:
 
 @dataclass
 class ChannelsLastStep:
-    """An int8 convolution (``conv``) or an add (``alignment``), fused with its requantize."""
+    """A torch convolution (``conv``: Int8Conv or FloatConv) or an add (``alignment``), fused with its requantize."""
 
     form: FloatRequant
     spatial_channels: tuple[int, ...]  # the output's (H, W, C) or (C,)
     out_type: type  # numpy storage type of the requantized output
-    conv: Int8Conv | None = None
+    conv: Int8Conv | FloatConv | None = None
     alignment: tuple = ()  # add: (lhs zero point, rhs zero point, lhs multiplier, rhs multiplier) in the form's type
 
     def out_shape(self, batch: int) -> tuple[int, ...]:
@@ -115,7 +116,7 @@ def add_alignment(form: FloatRequant, zero_points: tuple[int, int], multipliers:
 
 @dataclass
 class ResidualStep:
-    """A fused int8 convolution whose requantized output only feeds a fused residual add: one pass."""
+    """A fused torch convolution whose requantized output only feeds a fused residual add: one pass."""
 
     conv: ChannelsLastStep
     add: ChannelsLastStep

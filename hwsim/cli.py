@@ -65,11 +65,13 @@ def run(
     json_out: JsonOut = None,
     plot: PlotOut = None,
     mode: Annotated[
-        str, typer.Option(help="fast (oneDNN int8 / BLAS where provably exact) or faithful (MAC units)")
+        str, typer.Option(help="fast (torch convolutions / BLAS where provably exact) or faithful (MAC units)")
     ] = "fast",
     codebook_style: Annotated[str, typer.Option(help="codebook MACs: lut or per_level")] = "lut",
     threads: Annotated[int | None, typer.Option(help="worker threads (default: all cores)")] = None,
-    int8: Annotated[bool, typer.Option(help="fast mode: oneDNN int8 convolutions where available and exact")] = True,
+    conv: Annotated[
+        str, typer.Option(help="fast mode convolutions: auto (oneDNN int8, then float conv, then BLAS), float, blas")
+    ] = "auto",
 ) -> None:
     """Execute the integer network bit-accurately and report cycles, memory, ops and energy."""
     try:
@@ -79,7 +81,7 @@ def run(
         name = graph.inputs[0]
         feeds = {name: data.astype(np.int64) if np.issubdtype(data.dtype, np.integer) else quantize(graph, name, data)}
         started = time.perf_counter()
-        engine = Engine(graph, mode=mode, codebook_style=codebook_style, threads=threads, int8=int8)
+        engine = Engine(graph, mode=mode, codebook_style=codebook_style, threads=threads, conv=conv)
         outputs, counts = engine.run(feeds)
         seconds = time.perf_counter() - started
         result = estimate(graph, hw, batch=len(data), counts=counts, codebook_style=codebook_style)

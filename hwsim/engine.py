@@ -36,6 +36,7 @@ from hwsim.channels_last import (
     float_requant,
 )
 from hwsim.counters import LayerCounts, layer_counts
+from hwsim.float_conv import FloatConv, plan_float_conv
 from hwsim.int8_conv import Int8Conv, plan_int8_conv, torch_threads
 from hwsim.kernels import im2col as im2col_kernels
 from hwsim.kernels import mac, pool, requant
@@ -69,6 +70,7 @@ def _gemm_pool() -> ThreadPoolExecutor:
 
 
 FLOAT64_EXACT = 2**53
+CONV_PATHS = ("auto", "float", "blas")
 STORAGE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)
 
 
@@ -96,7 +98,7 @@ class WeightedPlan:
     gemm_terms: list[GemmTerm] | None  # None: use the faithful kernel
     lut: np.ndarray | None = None
     product_table: np.ndarray | None = None
-    int8: Int8Conv | None = None  # oneDNN int8 convolution (fast mode)
+    conv: Int8Conv | FloatConv | None = None  # one torch convolution for the layer (fast mode)
     acc_bound: int = 0  # largest |accumulator + bias| any input can give
 
 
@@ -139,15 +141,19 @@ class Engine:
         mode: str = "fast",
         codebook_style: str = "lut",
         threads: int | None = None,
-        int8: bool = True,
+        conv: str = "auto",
     ):
-        """``int8``: in fast mode, run eligible convolutions on oneDNN's int8 kernels when available."""
+        """``conv`` (fast mode): ``auto`` runs convolutions on oneDNN's int8 kernels where exact, else as
+        one exact float convolution, else as BLAS GEMMs; ``float`` skips the int8 kernels, ``blas``
+        both torch paths."""
         if mode not in ("fast", "faithful"):
             raise QExportError(f"hwsim: unknown mode {mode!r} (fast, faithful)")
         if codebook_style not in ("lut", "per_level"):
             raise QExportError(f"hwsim: unknown codebook style {codebook_style!r} (lut, per_level)")
         self.graph = check_graph(graph)
-        self.mode, self.codebook_style, self.threads, self.int8 = mode, codebook_style, threads, int8
+        if conv not in CONV_PATHS:
+            raise QExportError(f"hwsim: unknown convolution path {conv!r} ({', '.join(CONV_PATHS)})")
+        self.mode, self.codebook_style, self.threads, self.conv = mode, codebook_style, threads, conv
         self.plans = {node.name: self._plan(node) for node in graph.nodes if node.op in (Op.CONV2D, Op.LINEAR)}
         self.channels_last: dict[str, ChannelsLastStep] = {}  # fused nodes with an exact channels-last form
         self.fused = self._fusable_requants()
@@ -164,7 +170,7 @@ class Engine:
         for node in self.graph.nodes:
             plan = self.plans.get(node.name)
             single_gemm = plan is not None and (
-                plan.int8 is not None or (plan.gemm_terms is not None and len(plan.gemm_terms) == 1)
+                plan.conv is not None or (plan.gemm_terms is not None and len(plan.gemm_terms) == 1)
             )
             if not (single_gemm or node.op is Op.ADD):
                 continue
@@ -183,15 +189,15 @@ class Engine:
                     multipliers = (node.attrs["lhs_multiplier"], node.attrs["rhs_multiplier"])
                     alignment = add_alignment(form, zero_points, multipliers)
                     self.channels_last[node.name] = ChannelsLastStep(form, *layout, alignment=alignment)
-                elif form is not None and plan.int8 is not None:
-                    self.channels_last[node.name] = ChannelsLastStep(form, *layout, conv=plan.int8)
-                elif plan is not None and plan.int8 is not None:
+                elif form is not None and plan.conv is not None:
+                    self.channels_last[node.name] = ChannelsLastStep(form, *layout, conv=plan.conv)
+                elif plan is not None and plan.conv is not None:
                     continue  # its accumulators then take the unfused integer path
                 fused[node.name] = consumers[0]
         return fused
 
     def _residual_steps(self) -> dict[str, tuple[ResidualStep, Node, Node, Node]]:
-        """Fused int8 convolutions whose requantized output only feeds a fused residual add whose other
+        """Fused torch convolutions whose requantized output only feeds a fused residual add whose other
         operand is computed earlier: conv name -> (step, its requantize, the add, the add's requantize)."""
         order = {node.name: i for i, node in enumerate(self.graph.nodes)}
         for name, requant_node in self.fused.items():
@@ -319,28 +325,33 @@ class Engine:
             bias = decode(bias_weight).integer.reshape(-1)
         groups = node.attrs.get("groups", 1)
         kernel = tuple(weight.shape[2:]) if node.op is Op.CONV2D else (1, 1)
-        fast = self.mode == "fast" and groups == 1
-        gemm = _gemm_terms(mac_weights, x_min, x_max, tuple(weight.shape)) if fast else None
-        plan = WeightedPlan(mac_weights, x_min, x_max, zero_point, bias, groups, kernel, gemm)
+        terms = _gemm_terms(mac_weights, x_min, x_max, tuple(weight.shape)) if self.mode == "fast" else None
+        plan = WeightedPlan(mac_weights, x_min, x_max, zero_point, bias, groups, kernel, terms if groups == 1 else None)
         if mac_weights.integer is not None:
             largest_x = max(abs(x_min), abs(x_max))
             plan.acc_bound = int((np.abs(mac_weights.integer).sum(axis=1) * largest_x + np.abs(bias)).max(initial=0))
-        if self.mode == "fast" and self.int8 and node.op is Op.CONV2D and mac_weights.integer is not None:
-            plan.int8 = plan_int8_conv(
-                mac_weights.integer.reshape(weight.shape),
-                info.dtype.min,
-                info.dtype.max,
-                zero_point,
-                node.attrs["stride"],
-                node.attrs["padding"],
-                node.attrs["dilation"],
-                groups,
-            )
+        if node.op is Op.CONV2D and self.mode == "fast":
+            self._plan_conv(plan, node, info, terms, tuple(weight.shape))
         if mac_weights.kind == "shift_lut":
             plan.lut = sqrt2_lut(mac_weights.frac_bits, int(weight.attrs["max_exponent"]), x_min, x_max)
         if mac_weights.kind == "codebook" and self.codebook_style == "lut":
             plan.product_table = product_lut(mac_weights.levels, x_min, x_max)
         return plan
+
+    def _plan_conv(self, plan: WeightedPlan, node: Node, info, terms: list[GemmTerm] | None, shape: tuple) -> None:
+        """Pick the layer's torch convolution: oneDNN int8 where exact, else one exact float convolution."""
+        zero_point = plan.zero_point
+        geometry = (node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"], plan.groups)
+        if self.conv == "auto" and plan.mac.integer is not None:
+            integer = plan.mac.integer.reshape(shape)
+            plan.conv = plan_int8_conv(integer, info.dtype.min, info.dtype.max, zero_point, *geometry)
+        if self.conv != "blas" and plan.conv is None and terms is not None:
+            identity = np.arange(plan.x_min, plan.x_max + 1, dtype=np.int64)
+            stacked = [(identity if t.table is None else t.table, t.coeff.astype(np.int64)) for t in terms]
+            planned = plan_float_conv(stacked, shape, info.dtype.min, zero_point, *geometry)
+            if planned is not None:
+                plan.conv, bound = planned
+                plan.acc_bound = bound + int(np.abs(plan.bias).max(initial=0))
 
     def _buffer(self, layer: str, role: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
         """A work array reused across runs of the same shape (padding borders stay zero)."""
@@ -439,8 +450,8 @@ class Engine:
     def _weighted(self, node: Node, x: np.ndarray) -> np.ndarray:
         plan = self.plans[node.name]
         out_shape = (x.shape[0], *self.graph.tensors[node.outputs[0]].shape[1:])
-        if plan.int8 is not None:
-            return (plan.int8(x).astype(np.int64) + plan.bias).transpose(0, 3, 1, 2)
+        if plan.conv is not None:
+            return (plan.conv(x).astype(np.int64) + plan.bias).transpose(0, 3, 1, 2)
         x = x.astype(np.int64, copy=False)
         centred = x - plan.zero_point
         if plan.gemm_terms is not None:
@@ -569,7 +580,7 @@ class Engine:
             values[name] = feed
         by_name = {layer.name: layer for layer in counts}
         skip: set[str] = set()
-        uses_torch = any(plan.int8 is not None for plan in self.plans.values())
+        uses_torch = any(plan.conv is not None for plan in self.plans.values())
         with _blas_controller().limit(limits=1, user_api="blas"), torch_threads(self._workers if uses_torch else None):
             for node, layer in zip(self.graph.nodes, counts, strict=True):
                 if node.name in skip:

@@ -30,7 +30,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, digits_checkpoint: Path) 
     return out
 
 
-@pytest.mark.parametrize("path", ["--int8", "--no-int8"])
+@pytest.mark.parametrize("path", ["auto", "float", "blas"])
 def test_run_writes_onnx_comparable_outputs_json_and_plot(exported: Path, tmp_path: Path, path: str) -> None:
     x = digits_split()[2][:50]
     np.save(tmp_path / "x.npy", x)
@@ -45,6 +45,7 @@ def test_run_writes_onnx_comparable_outputs_json_and_plot(exported: Path, tmp_pa
         str(tmp_path / "r.json"),
         "--plot",
         str(tmp_path / "r.png"),
+        "--conv",
         path,
     ]
     result = runner.invoke(app, args)

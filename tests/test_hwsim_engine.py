@@ -17,7 +17,13 @@ from qexport.quant.config import QuantConfig
 from qexport.reference import quantize_input, run_graph
 from qexport.reference.rounding import round_half_even_shift
 
-ENGINES = [("fast", "lut", True), ("fast", "lut", False), ("faithful", "lut", True), ("faithful", "per_level", True)]
+ENGINES = [
+    ("fast", "lut", "auto"),
+    ("fast", "lut", "float"),
+    ("fast", "lut", "blas"),
+    ("faithful", "lut", "auto"),
+    ("faithful", "per_level", "auto"),
+]
 
 
 def _random_feeds(graph, batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -29,15 +35,15 @@ def _random_feeds(graph, batch: int, seed: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-@pytest.mark.parametrize("mode,codebook_style,int8", ENGINES)
+@pytest.mark.parametrize("mode,codebook_style,conv", ENGINES)
 @pytest.mark.parametrize("conv_format", FORMAT_NAMES)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
-def test_layer_chains_match_reference(conv_format: str, mode: str, codebook_style: str, int8: bool, data) -> None:
+def test_layer_chains_match_reference(conv_format: str, mode: str, codebook_style: str, conv: str, data) -> None:
     graph = data.draw(chain_graphs(conv_format=conv_format))
     feeds = _random_feeds(graph, data.draw(st.integers(1, 3)), data.draw(st.integers(0, 2**16)))
     expected = run_graph(graph, feeds, keep_all=True)
-    outputs, counts = Engine(graph, mode=mode, codebook_style=codebook_style, int8=int8).run(feeds)
+    outputs, counts = Engine(graph, mode=mode, codebook_style=codebook_style, conv=conv).run(feeds)
     for name in graph.outputs:
         np.testing.assert_array_equal(outputs[name], expected[name])
     assert all(layer.overflow_events == 0 for layer in counts)
@@ -53,14 +59,14 @@ def test_layer_chains_match_reference(conv_format: str, mode: str, codebook_styl
             assert layer.saturations == int(((value > high) | ((value < low) & (low < zero))).sum())
 
 
-@pytest.mark.parametrize("mode,int8", [("fast", True), ("fast", False), ("faithful", True)])
+@pytest.mark.parametrize("mode,conv", [("fast", "auto"), ("fast", "float"), ("fast", "blas"), ("faithful", "auto")])
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "digits_cnn"])
 @pytest.mark.parametrize("pow2", [True, False])
-def test_whole_networks_match_reference(name: str, pow2: bool, mode: str, int8: bool) -> None:
+def test_whole_networks_match_reference(name: str, pow2: bool, mode: str, conv: str) -> None:
     _, graph, calibration = zoo_graph(name, QuantConfig(pow2_scales=pow2, weight_bits=3, act_bits=5))
     inputs = synthetic_images(tuple(calibration.shape[1:]), 4, seed=11)
     feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], inputs)}
-    outputs, counts = Engine(graph, mode=mode, int8=int8).run(feeds)
+    outputs, counts = Engine(graph, mode=mode, conv=conv).run(feeds)
     np.testing.assert_array_equal(outputs[graph.outputs[0]], run_graph(graph, feeds)[graph.outputs[0]])
     assert sum(layer.macs for layer in counts) > 0
 

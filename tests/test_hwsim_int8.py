@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from irgen import quantized_types
 from modelgen import zoo_graph
 
-from hwsim import int8_conv
+from hwsim import float_conv, int8_conv
 from hwsim.channels_last import FLOAT32_EXACT, ChannelsLastStep, ResidualStep, add_alignment, float_requant
 from hwsim.engine import Engine
 from hwsim.kernels import requant
@@ -69,6 +69,59 @@ def test_int8_convolution_equals_float64_convolution(case) -> None:
     )
     got = conv(x.astype(np.int64))
     np.testing.assert_array_equal(got.astype(np.int64), expected.permute(0, 2, 3, 1).numpy().astype(np.int64))
+
+
+needs_float_conv = pytest.mark.skipif(
+    not float_conv.available(), reason="torch's float convolutions are not exact on integer data on this machine"
+)
+
+
+@needs_float_conv
+@SETTINGS
+@given(case=conv_cases(), terms=st.integers(1, 3), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4))
+def test_float_convolution_of_stacked_terms_equals_integer_convolution(case, terms, pads) -> None:
+    x, weight, dtype, zero_point, stride, _, dilation, groups = case
+    assume(terms == 1 or groups == 1)
+    rng = np.random.default_rng(int(weight.sum()) % 2**32)
+    values = np.arange(dtype.min, dtype.max + 1)
+    tables = [values - zero_point] + [rng.integers(-300, 300, size=values.size) for _ in range(terms - 1)]
+    for table in tables:
+        table[zero_point - dtype.min] = 0  # padding reads the zero point, worth 0 in every term
+    coeffs = [weight.reshape(weight.shape[0], -1)] + [
+        rng.integers(-3, 4, size=(weight.shape[0], weight[0].size)) for _ in range(terms - 1)
+    ]
+    top, left, bottom, right = pads
+    kernel = weight.shape[2]
+    assume(
+        x.shape[2] + top + bottom >= (kernel - 1) * dilation + 1
+        and x.shape[3] + left + right >= (kernel - 1) * dilation + 1
+    )
+    planned = float_conv.plan_float_conv(
+        list(zip(tables, coeffs, strict=True)),
+        weight.shape,
+        dtype.min,
+        zero_point,
+        (stride,) * 2,
+        pads,
+        (dilation,) * 2,
+        groups,
+    )
+    assert planned is not None
+    conv, bound = planned
+    expected = 0
+    for table, coeff in zip(tables, coeffs, strict=True):
+        mapped = np.pad(table[x - dtype.min], ((0, 0), (0, 0), (top, bottom), (left, right)))
+        expected = expected + torch.nn.functional.conv2d(
+            torch.from_numpy(mapped).double(),
+            torch.from_numpy(coeff.reshape(weight.shape)).double(),
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+        )
+    expected = expected.permute(0, 2, 3, 1).numpy().astype(np.int64)
+    got = conv(x.astype(np.int16))
+    np.testing.assert_array_equal(got.astype(np.int64), expected)
+    assert np.abs(expected).max(initial=0) <= bound
 
 
 def test_int8_convolution_refuses_what_it_cannot_do_exactly() -> None:
@@ -214,7 +267,7 @@ def test_networks_on_the_int8_path_equal_reference(name: str, bits: int, pow2: b
     inputs = synthetic_images(tuple(calibration.shape[1:]), 3, seed=5)
     feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], inputs)}
     engine = Engine(graph)
-    assert sum(plan.int8 is not None for plan in engine.plans.values()) >= len(engine.plans) - 1  # all but the fc
+    assert sum(isinstance(plan.conv, int8_conv.Int8Conv) for plan in engine.plans.values()) == len(engine.plans) - 1
     # residual adds fuse too, where float64 is exact (LSQ's free scales align with 2**16-sized multipliers: not),
     # mostly into the convolution before them
     assert any(step.conv is None for step in engine.channels_last.values()) == pow2
@@ -222,7 +275,7 @@ def test_networks_on_the_int8_path_equal_reference(name: str, bits: int, pow2: b
     outputs, counts = engine.run(feeds)
     expected = run_graph(graph, feeds)[graph.outputs[0]]
     np.testing.assert_array_equal(outputs[graph.outputs[0]], expected)
-    blas_outputs, blas_counts = Engine(graph, int8=False).run(feeds)
+    blas_outputs, blas_counts = Engine(graph, conv="blas").run(feeds)
     np.testing.assert_array_equal(blas_outputs[graph.outputs[0]], expected)
     assert [c.to_dict() for c in counts] == [c.to_dict() for c in blas_counts]  # the same counters either way
 

@@ -19,3 +19,24 @@ def channels_last_uint8(x, offset):
                 for xx in range(width):
                     out[n, y, xx, c] = x[n, c, y, xx] + offset
     return out
+
+
+@njit(**SERIAL)
+def stack_terms(x, tables, offset, pad_top, pad_left, out):
+    """out[n, pad_top + y, pad_left + x, t * C + c] = tables[t, x[n, y, x, c] - offset] (borders untouched).
+
+    x: channels-last [N, H, W, C] stored integers, C-contiguous; out: [N, H', W', T * C], the terms
+    stacked as channels.
+    """
+    batch, height, width, channels = x.shape
+    terms = tables.shape[0]
+    for n in range(batch):
+        for y in range(height):
+            for xx in range(width):
+                source = x[n, y, xx]
+                target = out[n, pad_top + y, pad_left + xx]
+                for t in range(terms):
+                    table = tables[t]
+                    for c in range(channels):
+                        target[t * channels + c] = table[source[c] - offset]
+    return out

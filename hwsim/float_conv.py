@@ -1,0 +1,152 @@
+"""Exact integer convolutions as one torch float32 (float64) conv2d, for hwsim's fast mode.
+
+A layer splits into terms ``coeff_t [O, K] x table_t(x)``: one for linear formats (the table is the
+centred activation itself), one per exponent class for powers of sqrt(2) (shifts and the sqrt(2)
+LUT). Stacking the terms' tables as input channels makes the layer a single convolution whose every
+product and partial sum is an integer; when the bound ``max_o sum_t sum_k |coeff_t[o, k]| *
+max|table_t|`` stays below 2**24 (2**53) any summation order is exact in float32 (float64).
+
+This is the path for layers oneDNN's int8 kernels cannot take (weights or activations past 8 bits,
+sqrt(2) powers, CPUs without exact int8 dot products). While it runs NNPACK (Winograd/FFT) is off
+and oneDNN is held to IEEE float32; a probe checks exactness once per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+
+from hwsim.kernels import layout
+
+FLOAT32_EXACT = 2**24
+FLOAT64_EXACT = 2**53
+TABLE_LIMIT = 1 << 16  # activation values a lookup table may span
+
+
+@dataclass
+class FloatConv:
+    """One convolution layer prepared for torch: stacked term weights and the activation tables."""
+
+    weight: object  # torch.Tensor [O, T * C / groups, kh, kw], float32 or float64, channels-last
+    tables: np.ndarray  # [T, X]: value of term t for stored activation x_offset + i
+    x_offset: int
+    padding: tuple[int, int, int, int]  # top, left, bottom, right (applied while stacking the terms)
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    _buffers: dict = field(default_factory=dict)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x: logical [N, C, H, W] stored integers (any layout) -> accumulators [N, OH, OW, O] (NHWC)."""
+        import torch
+
+        batch, channels, height, width = x.shape
+        top, left, bottom, right = self.padding
+        shape = (batch, height + top + bottom, width + left + right, self.tables.shape[0] * channels)
+        stacked = self._buffers.get(shape)
+        if stacked is None:  # borders stay zero: table(0) = 0 for every term (checked when planned)
+            stacked = self._buffers.setdefault(shape, np.zeros(shape, dtype=self.tables.dtype))
+        layout.stack_terms(
+            np.ascontiguousarray(x.transpose(0, 2, 3, 1)), self.tables, self.x_offset, top, left, stacked
+        )
+        with exact_float_convolution():
+            out = torch.nn.functional.conv2d(
+                torch.from_numpy(stacked).permute(0, 3, 1, 2),
+                self.weight,
+                stride=self.stride,
+                dilation=self.dilation,
+                groups=self.groups,
+            )
+        return out.permute(0, 2, 3, 1).numpy()
+
+
+@contextmanager
+def exact_float_convolution() -> Iterator[None]:
+    """No NNPACK (its Winograd/FFT kernels round) and IEEE float32 in oneDNN (no bf16 shortcuts)."""
+    import torch
+
+    precision = torch.backends.mkldnn.conv.fp32_precision
+    torch.backends.mkldnn.conv.fp32_precision = "ieee"
+    try:
+        with torch.backends.nnpack.flags(enabled=False):
+            yield
+    finally:
+        torch.backends.mkldnn.conv.fp32_precision = precision
+
+
+def plan_float_conv(
+    terms: list[tuple[np.ndarray, np.ndarray]],
+    weight_shape: tuple[int, ...],
+    stored_min: int,
+    zero_point: int,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> tuple[FloatConv, int] | None:
+    """(FloatConv, accumulator bound) for terms ``(table, coeff [O, K])`` of a [O, C/g, kh, kw] layer, each
+    table indexed by stored activation - ``stored_min``; None when it cannot be one exact float convolution."""
+    if not terms or not available() or (len(terms) > 1 and groups != 1):
+        return None
+    tables = np.stack([np.asarray(table, dtype=np.int64) for table, _ in terms])
+    if tables.shape[1] > TABLE_LIMIT or np.any(tables[:, zero_point - stored_min] != 0):
+        return None  # padding is written as 0, which must be every term's value at the zero point
+    largest = np.abs(tables).max(axis=1)
+    sums = sum(np.abs(coeff).sum(axis=1) * int(top) for (_, coeff), top in zip(terms, largest, strict=True))
+    bound = int(np.max(sums, initial=0))
+    dtype = np.float32 if bound < FLOAT32_EXACT else np.float64 if bound < FLOAT64_EXACT else None
+    if dtype is None:
+        return None
+    import torch
+
+    out_channels = weight_shape[0]
+    stacked = np.concatenate([np.asarray(coeff).reshape(out_channels, *weight_shape[1:]) for _, coeff in terms], 1)
+    tensor = torch.from_numpy(stacked.astype(dtype)).contiguous(memory_format=torch.channels_last)
+    conv = FloatConv(tensor, tables.astype(dtype), stored_min, tuple(padding), tuple(stride), tuple(dilation), groups)
+    return conv, bound
+
+
+@cache
+def available() -> bool:
+    """True when torch's float convolutions are exact here on integer data near the float32 bound."""
+    try:
+        import torch
+
+        rng = np.random.default_rng(1)
+        for channels, groups in ((64, 1), (24, 24), (3, 1)):
+            x = rng.integers(0, 201, size=(16, channels, 9, 9))
+            weight = rng.choice([-127, -1, 0, 1, 127], size=(channels, channels // groups, 3, 3))
+            expected = _reference(x, weight, groups)
+            assert np.abs(expected).max() < FLOAT32_EXACT
+            with exact_float_convolution():
+                for dtype in (torch.float32, torch.float64):
+                    got = torch.nn.functional.conv2d(
+                        torch.from_numpy(x).to(dtype).contiguous(memory_format=torch.channels_last),
+                        torch.from_numpy(weight).to(dtype).contiguous(memory_format=torch.channels_last),
+                        padding=1,
+                        groups=groups,
+                    )
+                    if not np.array_equal(got.numpy().astype(np.int64), expected):
+                        return False
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: not available
+        return False
+
+
+def _reference(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
+    """Plain integer convolution, padding 1, stride 1 (for the probe)."""
+    batch, channels, height, width = x.shape
+    out_channels, per_group = weight.shape[:2]
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((batch, out_channels, height, width), dtype=np.int64)
+    for o in range(out_channels):
+        group = o // (out_channels // groups)
+        for u in range(3):
+            for v in range(3):
+                window = padded[:, group * per_group : (group + 1) * per_group, u : u + height, v : v + width]
+                out[:, o] += np.einsum("nchw,c->nhw", window, weight[o, :, u, v])
+    return out
