@@ -20,6 +20,7 @@ from functools import cache
 
 import numpy as np
 
+from hwsim.int8_conv import reference_conv
 from hwsim.kernels import layout
 
 FLOAT32_EXACT = 2**24
@@ -117,10 +118,12 @@ def available() -> bool:
         import torch
 
         rng = np.random.default_rng(1)
-        for channels, groups in ((64, 1), (24, 24), (3, 1)):
+        for channels, groups, extreme in ((64, 1, False), (64, 1, True), (24, 24, False), (3, 1, False)):
             x = rng.integers(0, 201, size=(16, channels, 9, 9))
             weight = rng.choice([-127, -1, 0, 1, 127], size=(channels, channels // groups, 3, 3))
-            expected = _reference(x, weight, groups)
+            if extreme:  # sums up to 576 * 200 * 127, just below 2**24
+                x, weight = np.full_like(x, 200), np.full_like(weight, 127)
+            expected = reference_conv(x, weight, 0, (1, 1), (1, 1), (1, 1), groups).transpose(0, 3, 1, 2)
             assert np.abs(expected).max() < FLOAT32_EXACT
             with exact_float_convolution():
                 for dtype in (torch.float32, torch.float64):
@@ -135,18 +138,3 @@ def available() -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means: not available
         return False
-
-
-def _reference(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
-    """Plain integer convolution, padding 1, stride 1 (for the probe)."""
-    batch, channels, height, width = x.shape
-    out_channels, per_group = weight.shape[:2]
-    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    out = np.zeros((batch, out_channels, height, width), dtype=np.int64)
-    for o in range(out_channels):
-        group = o // (out_channels // groups)
-        for u in range(3):
-            for v in range(3):
-                window = padded[:, group * per_group : (group + 1) * per_group, u : u + height, v : v + width]
-                out[:, o] += np.einsum("nchw,c->nhw", window, weight[o, :, u, v])
-    return out

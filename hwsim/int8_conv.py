@@ -9,7 +9,7 @@ into uint8 by a constant offset (added to the zero point too, so the centred val
 The ops are torch's ``torch.ops.onednn`` entry points (the ones its x86 int8 inference uses). They
 are probed once per process on adversarial convolutions (all-extreme values, which would expose
 any 16-bit saturating multiply-add path) against a numpy reference; where torch lacks them or a
-probe differs, ``available()`` is False and hwsim uses its exact float GEMMs instead.
+probe differs, ``available()`` is False and hwsim takes its next path (``hwsim.float_conv``, BLAS).
 """
 
 from __future__ import annotations
