@@ -53,17 +53,16 @@ def float_requant(
     if not np.array_equal(exact_scale.astype(dtype).astype(np.float64), exact_scale):
         dtype = np.float64  # a scale beyond float32's exponent range
     repeats = -(-TILE // multiplier.size)
-    kind = dtype
     low, high = acc_limits
     return FloatRequant(
         np.tile(exact_scale.astype(dtype), repeats),
         np.tile(np.asarray(bias, dtype=dtype), repeats),
         (
-            kind(zero_point),
-            kind(clips[0]),
-            kind(clips[1]),
-            kind(max(low, -FLOAT64_EXACT)),
-            kind(min(high, FLOAT64_EXACT)),
+            dtype(zero_point),
+            dtype(clips[0]),
+            dtype(clips[1]),
+            dtype(max(low, -FLOAT64_EXACT)),
+            dtype(min(high, FLOAT64_EXACT)),
             clips[0] < zero_point,  # clipping at clip_min counts as a saturation (not a fused ReLU's zero)
             not (low <= -bound and bound <= high),  # overflow possible: check it
         ),
