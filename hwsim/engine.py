@@ -4,12 +4,13 @@ Two modes, both bit-exact and both tested against the IR reference:
 
 * ``faithful``: every product goes through the MAC unit of its weight format (multiplier,
   shift, shift + LUT, codebook product LUT or per-level accumulation) in @njit kernels.
-* ``fast`` (default): linear formats, and each exponent class of powers of sqrt(2), are an
-  integer GEMM; when a layer's static bound on every partial sum is below 2**24 (2**53)
-  it runs as a float32 (float64) BLAS GEMM, which is then exact. Convolutions with integer
-  weights in int8 and activations spanning at most 256 values run on oneDNN's int8 kernels
-  instead, where available (``hwsim.int8_conv``). Other grouped convolutions and layers past
-  the bound use the faithful kernels.
+* ``fast`` (default): linear formats, and each exponent class of powers of sqrt(2), are integer
+  products whose static bound on every partial sum is known. A convolution runs, by preference,
+  on oneDNN's int8 kernels (``hwsim.int8_conv``: int8 weights, activations spanning <= 256
+  values), as one float convolution of its stacked terms (``hwsim.float_conv``), or as float32
+  (float64) BLAS GEMMs over im2col, each exact below 2**24 (2**53); layers past the bounds use
+  the faithful kernels. Requantizes and residual adds are fused into the step before them
+  (``hwsim.channels_last``).
 
 The fast paths keep activations channels-last in their narrowest numpy type between layers;
 every other op sees int64 arrays, and ``run`` returns int64 NCHW arrays.
