@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hwsim.exact import FLOAT64_EXACT, float_type
 from hwsim.float_conv import FloatConv
 from hwsim.int8_conv import Int8Conv
 from hwsim.kernels import requant
 
-FLOAT32_EXACT = 2**24
-FLOAT64_EXACT = 2**53
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the kernels convert clipped results through int32
 TILE = 256  # per-channel constants are tiled to a whole number of channel rows of about this length
 
@@ -46,10 +45,10 @@ def float_requant(
     """The float32 (else float64) form of a requantization of values |v| <= bound, or None if neither is exact."""
     multiplier, shift = np.asarray(multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64)
     largest = bound * int(np.abs(multiplier).max(initial=0)) + abs(zero_point) + max(map(abs, clips))
-    if largest >= FLOAT64_EXACT or not INT32_MIN <= clips[0] <= clips[1] <= INT32_MAX:
+    dtype = float_type(largest)
+    if dtype is None or not INT32_MIN <= clips[0] <= clips[1] <= INT32_MAX:
         return None
     exact_scale = multiplier * np.exp2(-shift.astype(np.float64))  # exact: |multiplier| < 2**53
-    dtype = np.float32 if largest < FLOAT32_EXACT else np.float64
     if not np.array_equal(exact_scale.astype(dtype).astype(np.float64), exact_scale):
         dtype = np.float64  # a scale beyond float32's exponent range
     repeats = -(-TILE // multiplier.size)

@@ -37,6 +37,7 @@ from hwsim.channels_last import (
     float_requant,
 )
 from hwsim.counters import LayerCounts, layer_counts
+from hwsim.exact import float_type
 from hwsim.float_conv import FloatConv, plan_float_conv
 from hwsim.int8_conv import Int8Conv, plan_int8_conv, torch_threads
 from hwsim.kernels import im2col as im2col_kernels
@@ -53,7 +54,6 @@ from qexport.ir.ops import Op, dynamic_operands
 
 CPU_COUNT = os.cpu_count() or 1
 CACHE_BLOCK_BYTES = 1 << 20  # im2col block size: a few images' windows, about half of a core's L2
-FLOAT32_EXACT = 2**24
 _POOL: list[ThreadPoolExecutor] = []
 
 
@@ -70,7 +70,6 @@ def _gemm_pool() -> ThreadPoolExecutor:
     return _POOL[0]
 
 
-FLOAT64_EXACT = 2**53
 CONV_PATHS = ("auto", "float", "blas")
 STORAGE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)
 
@@ -103,14 +102,6 @@ class WeightedPlan:
     acc_bound: int = 0  # largest |accumulator + bias| any input can give
 
 
-def _float_type(bound: int) -> type | None:
-    if bound < FLOAT32_EXACT:
-        return np.float32
-    if bound < FLOAT64_EXACT:
-        return np.float64
-    return None
-
-
 def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int, shape: tuple[int, ...]) -> list[GemmTerm] | None:
     """Split the layer into exact GEMMs: one for linear formats, one per exponent for sqrt(2) powers."""
     largest_x = max(abs(x_min), abs(x_max))
@@ -126,7 +117,7 @@ def _gemm_terms(mac_weights: MacWeights, x_min: int, x_max: int, shape: tuple[in
             pieces.append((table, coeff, int(np.abs(table).max())))
     terms = []
     for table, coeff, largest in pieces:
-        dtype = _float_type(largest * int(np.abs(coeff).sum(axis=1).max(initial=0)))
+        dtype = float_type(largest * int(np.abs(coeff).sum(axis=1).max(initial=0)))
         if dtype is None:
             return None
         terms.append(GemmTerm(table, np.ascontiguousarray(coeff.astype(dtype)), dtype))
@@ -182,7 +173,8 @@ class Engine:
                 and len(consumers[0].inputs) == 1
                 and node.outputs[0] not in self.graph.outputs
             ):
-                form = self._float_requant(node, consumers[0], plan)
+                channels_last = node.op is Op.ADD or plan.conv is not None
+                form = self._float_requant(node, consumers[0], plan) if channels_last else None
                 shape = self.graph.tensors[node.outputs[0]].shape
                 layout = ((*shape[2:], shape[1]), storage_type(self.graph.tensors[consumers[0].outputs[0]].dtype))
                 if form is not None and node.op is Op.ADD:

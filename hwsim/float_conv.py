@@ -20,11 +20,10 @@ from functools import cache
 
 import numpy as np
 
+from hwsim.exact import FLOAT32_EXACT, float_type
 from hwsim.int8_conv import reference_conv
 from hwsim.kernels import layout
 
-FLOAT32_EXACT = 2**24
-FLOAT64_EXACT = 2**53
 TABLE_LIMIT = 1 << 16  # activation values a lookup table may span
 
 
@@ -99,7 +98,7 @@ def plan_float_conv(
     largest = np.abs(tables).max(axis=1)
     sums = sum(np.abs(coeff).sum(axis=1) * int(top) for (_, coeff), top in zip(terms, largest, strict=True))
     bound = int(np.max(sums, initial=0))
-    dtype = np.float32 if bound < FLOAT32_EXACT else np.float64 if bound < FLOAT64_EXACT else None
+    dtype = float_type(bound)
     if dtype is None:
         return None
     import torch

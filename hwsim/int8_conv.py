@@ -21,9 +21,9 @@ from functools import cache
 
 import numpy as np
 
+from hwsim.exact import FLOAT32_EXACT
 from hwsim.kernels import layout
 
-FLOAT32_EXACT = 2**24
 INT32_LIMIT = 2**31
 UINT8_VALUES = 256
 

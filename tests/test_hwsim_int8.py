@@ -13,8 +13,9 @@ from irgen import quantized_types
 from modelgen import zoo_graph
 
 from hwsim import float_conv, int8_conv
-from hwsim.channels_last import FLOAT32_EXACT, ChannelsLastStep, ResidualStep, add_alignment, float_requant
+from hwsim.channels_last import ChannelsLastStep, ResidualStep, add_alignment, float_requant
 from hwsim.engine import Engine
+from hwsim.exact import FLOAT32_EXACT
 from hwsim.kernels import requant
 from qexport.data import synthetic_images
 from qexport.ir.dtypes import IntType
