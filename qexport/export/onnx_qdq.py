@@ -4,8 +4,9 @@ Every IR integer tensor becomes an on-grid float tensor of the same name, produc
 QuantizeLinear -> DequantizeLinear (or by an op that keeps values on the grid:
 max pool, flatten, reshape, concat). Weights are integer initializers behind
 DequantizeLinear; biases are INT32 initializers with scale input_scale * weight_scale.
-Bit widths without a native ONNX type use the next wider native type and a Clip to
-the true range (see docs/onnx.md).
+Bit widths without a native ONNX type use the next wider native type and a Max/Min clamp to
+the true range; activations use unsigned byte containers so that onnxruntime's default
+optimizations load the model (``qexport.export.containers``, docs/onnx.md).
 
 Input-adaptive (dynamic) requantization: a tensor with a per-sample scale factor holds its
 static-grid value ``scale * (q - zp)`` like any other; the factor tensors (e.g. ASQ's ``B * 2**-F``)
@@ -22,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qexport.errors import QExportError
+from qexport.export.containers import activation_container, container_type
 from qexport.formats import get_format
 from qexport.formats.base import broadcast_channel
 from qexport.ir.dtypes import IntType
@@ -41,17 +43,7 @@ NUMPY_TYPES = {
     (True, 32): np.int32,
 }
 OPSET_FOR_BITS = {2: 25, 4: 21}
-BYTE_CONTAINER_OPS = frozenset({"maxpool"})
 BASE_OPSET = 21
-
-
-def container_type(dtype: IntType, native_bits: tuple[int, ...] = DEFAULT_NATIVE_BITS) -> IntType:
-    """The narrowest native ONNX integer type that holds every value of ``dtype``."""
-    for bits in sorted(set(native_bits) | {32}):
-        candidate = IntType(dtype.signed or bits == 32, bits)
-        if candidate.contains(dtype.min, dtype.max):
-            return candidate
-    raise QExportError(f"no ONNX integer type holds {dtype.name}")
 
 
 def _typed(values, dtype: IntType) -> np.ndarray:
@@ -81,11 +73,6 @@ class _OnnxBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self.used_bits: set[int] = set()
         self.reshaped: set[str] = set()
-        # onnxruntime (1.32, default optimizations) moves DequantizeLinear past these ops without checking
-        # that they accept int4/int2, and the session then fails to load: their inputs use byte containers
-        self.byte_containers = {
-            name for node in graph.nodes if node.op.value in BYTE_CONTAINER_OPS for name in node.inputs
-        }
 
     def constant(self, name: str, array: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
@@ -99,27 +86,26 @@ class _OnnxBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
         return output
 
-    def container(self, dtype: IntType, tensor: str | None = None) -> IntType:
+    def container(self, dtype: IntType) -> IntType:
         kind = container_type(dtype, self.native_bits)
-        if tensor in self.byte_containers and kind.bits < 8:
-            kind = container_type(dtype, tuple(b for b in self.native_bits if b >= 8))
         self.used_bits.add(kind.bits)
         return kind
 
     def quantize_dequantize(self, source: str, tensor: str, clip: tuple[int, int] | None = None) -> str:
         """source (float) -> [Clip] -> QuantizeLinear -> DequantizeLinear -> tensor (float, on grid)."""
         info = self.graph.tensors[tensor]
-        kind = self.container(info.dtype, tensor)
+        kind, offset = activation_container(info.dtype, self.native_bits)
+        self.used_bits.add(kind.bits)
         zero = info.quant.zero_point
         low, high = clip if clip else (info.dtype.min, info.dtype.max)
-        if (low, high) != (kind.min, kind.max) and (low > kind.min or high < kind.max):
-            # Max/Min rather than Clip: onnxruntime's Clip+QuantizeLinear fusion rejects int4 zero points
+        if low + offset > kind.min or high + offset < kind.max:
+            # Max/Min rather than Clip: onnxruntime's Clip+QuantizeLinear fusion rejects some zero point types
             low_value, high_value = (np.float32(v - zero) * np.float32(info.quant.scale) for v in (low, high))
-            if low > kind.min:
+            if low + offset > kind.min:
                 source = self.add(
                     "Max", [source, self.constant(f"{tensor}__lo", low_value)], f"{tensor}__max", f"{tensor}__clip_low"
                 )
-            if high < kind.max:
+            if high + offset < kind.max:
                 source = self.add(
                     "Min",
                     [source, self.constant(f"{tensor}__hi", high_value)],
@@ -127,8 +113,11 @@ class _OnnxBuilder:
                     f"{tensor}__clip_high",
                 )
         scale = self.scale(f"{tensor}__scale", info.quant.scale)
-        zp = self.constant(f"{tensor}__zp", _typed(zero, kind))
-        quantized = self.add("QuantizeLinear", [source, scale, zp], f"{tensor}__q", f"{tensor}__quantize")
+        zp = self.constant(f"{tensor}__zp", _typed(zero + offset, kind))
+        output_dtype = helper.np_dtype_to_tensor_dtype(np.dtype(NUMPY_TYPES[(kind.signed, kind.bits)]))
+        quantized = self.add(
+            "QuantizeLinear", [source, scale, zp], f"{tensor}__q", f"{tensor}__quantize", output_dtype=output_dtype
+        )
         return self.add("DequantizeLinear", [quantized, scale, zp], tensor, f"{tensor}__dequantize")
 
     def per_sample(self, tensor: str, rank: int) -> str:
@@ -142,10 +131,11 @@ class _OnnxBuilder:
 
     def weight(self, weight: Weight) -> str:
         integers, scale = weight_integers(weight)
-        kind = self.container(IntType.for_range(min(int(integers.min()), -1), max(int(integers.max()), 1)))
         zero_point = np.zeros(weight.shape[0], dtype=np.int64)
         if weight.format == "int_affine":
             zero_point = np.broadcast_to(np.asarray(weight.attrs.get("zero_point", 0)), (weight.shape[0],))
+        every = np.concatenate([integers.reshape(-1), zero_point.astype(np.int64)])
+        kind = self.container(IntType.for_range(min(int(every.min()), -1), max(int(every.max()), 1)))
         values = self.constant(f"{weight.name}__int", _typed(integers, kind))
         inputs = [
             values,
