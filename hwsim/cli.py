@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,9 +15,14 @@ from hwsim.cost.model import estimate
 from hwsim.cost.targets import hardware_of
 from hwsim.engine import Engine, dequantize, quantize
 from hwsim.report import layer_table, summary_lines, write_json, write_plot
+from qexport.cli_support import entry_point
 from qexport.errors import QExportError
+from qexport.ir.graph import Graph
 from qexport.ir.serialize import read_spec
+from qexport.outputs import check_output_file, staged_files
 from qexport.targets import load_target
+
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 app = typer.Typer(
     add_completion=False,
@@ -25,31 +31,86 @@ app = typer.Typer(
     help="Bit-accurate simulation and cost estimates of qexport layer specs.",
 )
 console = Console()
-errors = Console(stderr=True)
 
 Target = Annotated[str, typer.Option(help="target name (fpga, arm, asic) or a .toml file")]
 Array = Annotated[str | None, typer.Option(help="override the systolic array, e.g. 16x16")]
 Dataflow = Annotated[str | None, typer.Option(help="override the dataflow: ws, os or is")]
 JsonOut = Annotated[Path | None, typer.Option("--json", help="write the report as JSON")]
 PlotOut = Annotated[Path | None, typer.Option("--plot", help="write a PNG per-layer breakdown")]
+Force = Annotated[bool, typer.Option("--force", help="replace output files that already exist")]
 
 
-def _fail(error: Exception) -> None:
-    errors.print(f"error: {error}", style="red", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def _load_inputs(path: Path, graph) -> np.ndarray:
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a .npy header, checked against the file's size before any data is read."""
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise QExportError(f"{path}: cannot read a .npy array ({error})") from None
-    expected = tuple(graph.tensors[graph.inputs[0]].shape[1:])
-    if array.ndim == len(expected):
-        array = array[None]
-    if tuple(array.shape[1:]) != expected:
-        raise QExportError(f"{path}: inputs of shape {array.shape} do not match the model input (N, {expected})")
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = NPY_HEADER_READERS.get(version)
+            if read_header is None:
+                raise QExportError(f"{path}: .npy format version {version} is not supported (1.0 or 2.0)")
+            shape, _, dtype = read_header(handle)
+            data_bytes = path.stat().st_size - handle.tell()
+    except FileNotFoundError:
+        raise QExportError(f"{path}: no such inputs file") from None
+    except IsADirectoryError:
+        raise QExportError(f"{path}: is a directory, expected a .npy file") from None
+    except OSError as error:
+        raise QExportError(f"{path}: cannot read ({error.strerror})") from None
+    except (ValueError, SyntaxError, TypeError):
+        kind = "an .npz archive; save one array with np.save" if path.read_bytes()[:4] == b"PK\x03\x04" else "corrupt"
+        raise QExportError(f"{path}: not a .npy array ({kind})") from None
+    if dtype.hasobject or dtype.kind not in "iuf":
+        raise QExportError(f"{path}: inputs of dtype {dtype} (expected float or integer numbers)")
+    if math.prod(shape) * dtype.itemsize != data_bytes:
+        raise QExportError(
+            f"{path}: header declares shape {shape} of {dtype} ({math.prod(shape) * dtype.itemsize} bytes) "
+            f"but the file holds {data_bytes} bytes of data"
+        )
+    return shape, dtype
+
+
+def _load_inputs(path: Path, graph: Graph) -> np.ndarray:
+    """The batch in an .npy file, validated: shape, dtype, finite values, integers inside the input type."""
+    shape, dtype = _npy_header(path)
+    info = graph.tensors[graph.inputs[0]]
+    expected = tuple(info.shape[1:])
+    if len(shape) == len(expected):
+        shape = (1, *shape)
+    if tuple(shape[1:]) != expected:
+        dims = ", ".join(map(str, expected))
+        raise QExportError(f"{path}: inputs of shape {shape} do not match the model input (N, {dims})")
+    if shape[0] == 0:
+        raise QExportError(f"{path}: empty batch (0 inputs)")
+    array = np.load(path, allow_pickle=False).reshape(shape)
+    if dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(array))
+        if bad.size:
+            raise QExportError(f"{path}: {bad.size} NaN or infinite input values (first at flat index {bad[0]})")
+    elif array.min() < info.dtype.min or array.max() > info.dtype.max:
+        raise QExportError(
+            f"{path}: integer inputs in [{array.min()}, {array.max()}] lie outside the input type "
+            f"{info.dtype.name} [{info.dtype.min}, {info.dtype.max}] (pass floats to have them quantized)"
+        )
     return array
+
+
+def _check_outputs(force: bool, **paths: Path | None) -> None:
+    for option, path in paths.items():
+        if path is not None:
+            check_output_file(path, force, f"--{option}")
+
+
+def _write_outputs(estimate_result, json_out: Path | None, plot: Path | None, extra: dict | None = None, **arrays):
+    """Write every requested output through temporaries; all appear together, or none."""
+    with staged_files() as staged:
+        for path, values in arrays.values():
+            if path is not None:
+                with staged.path_for(path).open("wb") as handle:
+                    np.save(handle, values)
+        if json_out is not None:
+            write_json(estimate_result, staged.path_for(json_out), extra)
+        if plot is not None:
+            write_plot(estimate_result, staged.path_for(plot))
 
 
 @app.command()
@@ -57,37 +118,38 @@ def run(
     spec: Annotated[Path, typer.Argument(help="layer_spec.json written by qexport")],
     inputs: Annotated[Path, typer.Option(help=".npy of float32 images (N, C, H, W), or integers already quantized")],
     out: Annotated[
-        Path | None, typer.Option(help="write the float32 outputs, as the exported ONNX returns them")
+        Path | None, typer.Option(help="write the float32 outputs (.npy), as the exported ONNX returns them")
     ] = None,
     target: Target = "fpga",
     array: Array = None,
     dataflow: Dataflow = None,
     json_out: JsonOut = None,
     plot: PlotOut = None,
+    force: Force = False,
     mode: Annotated[
         str, typer.Option(help="fast (torch convolutions / BLAS where provably exact) or faithful (MAC units)")
     ] = "fast",
     codebook_style: Annotated[str, typer.Option(help="codebook MACs: lut or per_level")] = "lut",
-    threads: Annotated[int | None, typer.Option(help="worker threads (default: all cores)")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, max=1024, help="worker threads (default: all cores)")] = None,
     conv: Annotated[
         str, typer.Option(help="fast mode convolutions: auto (oneDNN int8, then float conv, then BLAS), float, blas")
     ] = "auto",
 ) -> None:
     """Execute the integer network bit-accurately and report cycles, memory, ops and energy."""
-    try:
-        graph = read_spec(spec)
-        hw = hardware_of(load_target(target)).with_overrides(array, dataflow)
-        data = _load_inputs(inputs, graph)
-        name = graph.inputs[0]
-        feeds = {name: data.astype(np.int64) if np.issubdtype(data.dtype, np.integer) else quantize(graph, name, data)}
-        started = time.perf_counter()
-        engine = Engine(graph, mode=mode, codebook_style=codebook_style, threads=threads, conv=conv)
-        setup = time.perf_counter() - started
-        outputs, counts = engine.run(feeds)
-        seconds = time.perf_counter() - started - setup
-        result = estimate(graph, hw, batch=len(data), counts=counts, codebook_style=codebook_style)
-    except QExportError as error:
-        _fail(error)
+    _check_outputs(force, out=out, json=json_out, plot=plot)
+    graph = read_spec(spec)
+    hw = hardware_of(load_target(target)).with_overrides(array, dataflow)
+    data = _load_inputs(inputs, graph)
+    name = graph.inputs[0]
+    feeds = {name: data.astype(np.int64) if np.issubdtype(data.dtype, np.integer) else quantize(graph, name, data)}
+    started = time.perf_counter()
+    engine = Engine(graph, mode=mode, codebook_style=codebook_style, threads=threads, conv=conv)
+    setup = time.perf_counter() - started
+    outputs, counts = engine.run(feeds)
+    seconds = time.perf_counter() - started - setup
+    result = estimate(graph, hw, batch=len(data), counts=counts, codebook_style=codebook_style)
+    logits = dequantize(graph, graph.outputs[0], outputs[graph.outputs[0]])
+    _write_outputs(result, json_out, plot, {"simulation_seconds": seconds, "setup_seconds": setup}, out=(out, logits))
     console.print(layer_table(result, f"hwsim run: {spec} on {hw.name}"))
     for line in summary_lines(result):
         console.print(line, highlight=False)
@@ -96,12 +158,6 @@ def run(
         f"includes loading the compiled kernels) after {setup:.3f} s of setup (weights, exactness probes)",
         highlight=False,
     )
-    if out is not None:
-        np.save(out, dequantize(graph, graph.outputs[0], outputs[graph.outputs[0]]))
-    if json_out is not None:
-        write_json(result, json_out, {"simulation_seconds": seconds, "setup_seconds": setup})
-    if plot is not None:
-        write_plot(result, plot)
 
 
 @app.command(name="estimate")
@@ -110,24 +166,22 @@ def estimate_command(
     target: Target = "fpga",
     array: Array = None,
     dataflow: Dataflow = None,
-    batch: Annotated[int, typer.Option(min=1, help="images per inference")] = 1,
+    batch: Annotated[int, typer.Option(min=1, max=1_000_000, help="images per inference")] = 1,
     json_out: JsonOut = None,
     plot: PlotOut = None,
+    force: Force = False,
 ) -> None:
     """Analytic cost report (no data): cycles, memory, op counts and energy per layer."""
-    try:
-        graph = read_spec(spec)
-        hw = hardware_of(load_target(target)).with_overrides(array, dataflow)
-        result = estimate(graph, hw, batch=batch)
-    except QExportError as error:
-        _fail(error)
+    _check_outputs(force, json=json_out, plot=plot)
+    graph = read_spec(spec)
+    hw = hardware_of(load_target(target)).with_overrides(array, dataflow)
+    result = estimate(graph, hw, batch=batch)
+    _write_outputs(result, json_out, plot)
     console.print(layer_table(result, f"hwsim estimate: {spec} on {hw.name}"))
     for line in summary_lines(result):
         console.print(line, highlight=False)
-    if json_out is not None:
-        write_json(result, json_out)
-    if plot is not None:
-        write_plot(result, plot)
 
 
-__all__ = ["app"]
+main = entry_point(app)
+
+__all__ = ["app", "main"]

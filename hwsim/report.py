@@ -170,5 +170,5 @@ def write_plot(estimate: Estimate, path: Path) -> None:
         f"{data['totals']['energy_total_pj'] / 1e6:.2f} uJ"
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format="png")
     plt.close(figure)

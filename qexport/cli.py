@@ -1,4 +1,4 @@
-"""``qexport SOURCE --target NAME [-o OUTDIR] [--verify]``."""
+"""``qexport SOURCE --target NAME [-o OUTDIR] [--force] [--verify]``: errors are one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qexport.cli_support import entry_point, print_error
 from qexport.data import verification_data
-from qexport.errors import QExportError
-from qexport.pipeline import add_verification, run_export
+from qexport.outputs import check_export_directory
+from qexport.pipeline import lower_checkpoint, write_export
 from qexport.targets import available_targets, load_target, with_native_bits, with_post_mac
 from qexport.verify import Verification, verify
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
-EXIT_BAD_INPUT = 2
 EXIT_VERIFY_FAILED = 1
 
 
@@ -53,10 +53,13 @@ def main(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="output directory [<source stem>_<target>]")
     ] = None,
-    verify_outputs: Annotated[
-        bool, typer.Option("--verify", help="compare torch, IR reference and onnxruntime")
+    force: Annotated[
+        bool, typer.Option("--force", help="replace the files of a previous export in OUTDIR (others are kept)")
     ] = False,
-    samples: Annotated[int, typer.Option(help="number of verification samples")] = 360,
+    verify_outputs: Annotated[
+        bool, typer.Option("--verify", help="compare torch, IR reference, onnxruntime and hwsim")
+    ] = False,
+    samples: Annotated[int, typer.Option(min=1, max=100_000, help="number of verification samples")] = 360,
     onnx_native_bits: Annotated[
         str | None, typer.Option(help="ONNX integer widths to use natively, e.g. 2,4,8,16 [from the target]")
     ] = None,
@@ -65,48 +68,53 @@ def main(
     ] = None,
 ) -> None:
     """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
-    try:
-        target_spec = load_target(target)
-        if onnx_native_bits is not None:
-            target_spec = with_native_bits(target_spec, onnx_native_bits)
-        if post_mac is not None:
-            target_spec = with_post_mac(target_spec, post_mac)
-        out_dir = output or Path(f"{source.stem}_{target_spec.name}")
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            task = progress.add_task("export", total=4)
+    target_spec = load_target(target)
+    if onnx_native_bits is not None:
+        target_spec = with_native_bits(target_spec, onnx_native_bits)
+    if post_mac is not None:
+        target_spec = with_post_mac(target_spec, post_mac)
+    out_dir = output or Path(f"{source.stem}_{target_spec.name}")
+    check_export_directory(out_dir, force)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("export", total=5)
 
-            def step(name: str) -> None:
-                progress.update(
-                    task, description=name, advance=1 if progress.tasks[task].description != "export" else 0
-                )
+        def step(name: str) -> None:
+            progress.update(task, description=name, advance=1 if progress.tasks[task].description != "export" else 0)
 
-            checkpoint, graph, model, report = run_export(source, target_spec, out_dir, step)
-            progress.update(task, completed=4)
-            if verify_outputs:
-                inputs, labels = verification_data(
-                    checkpoint.info.get("dataset", "synthetic"), checkpoint.input_shape, samples
-                )
-                check = progress.add_task("verify: reference, torch, onnxruntime, hwsim", total=4 * len(inputs))
-                result = verify(
-                    graph, checkpoint.model, model, inputs, labels, progress=lambda n: progress.advance(check, n)
-                )
-        console.print(
-            f"wrote {out_dir}/ (model.onnx, layer_spec.json, weights.bin, report.json) "
-            f"in {report['export_seconds']:.2f} s"
-        )
-    except QExportError as error:
-        console.print(f"error: {error}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    if verify_outputs:
-        add_verification(out_dir, report, result.to_dict())
+        export = lower_checkpoint(source, target_spec, step)
+        result = None
+        if verify_outputs:
+            inputs, labels = verification_data(
+                export.checkpoint.info.get("dataset", "synthetic"), export.checkpoint.input_shape, samples
+            )
+            check = progress.add_task("verify: reference, torch, onnxruntime, hwsim", total=4 * len(inputs))
+            result = verify(
+                export.graph,
+                export.checkpoint.model,
+                export.model,
+                inputs,
+                labels,
+                progress=lambda n: progress.advance(check, n),
+            )
+            export.report["verification"] = result.to_dict()
+        write_export(export, out_dir, force, step)
+        progress.update(task, completed=5)
+    console.print(
+        f"wrote {out_dir}/ ({', '.join(sorted(export.report['files']))}) in "
+        f"{export.report['lower_seconds'] + export.report['write_seconds']:.2f} s"
+    )
+    if result is not None:
         Console().print(verification_table(result))
         if not result.ok:
-            console.print("error: integer paths disagree beyond the documented bound", style="red", soft_wrap=True)
+            print_error("integer paths disagree beyond the documented bound")
             raise typer.Exit(EXIT_VERIFY_FAILED)
+
+
+run = entry_point(app)

@@ -1,15 +1,12 @@
-"""The export job behind the CLI: checkpoint -> IR -> files in an output directory, atomically."""
+"""The export job behind the CLI: checkpoint -> IR -> ONNX and layer spec, then files written atomically."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +20,10 @@ from qexport.frontend.lower import lower
 from qexport.ir.graph import Graph
 from qexport.ir.ops import Op
 from qexport.ir.serialize import write_spec
+from qexport.outputs import REPORT_FILE, export_directory, file_manifest
 from qexport.targets import Target
 
 Step = Callable[[str], None]
-
-
-@contextmanager
-def atomic_directory(destination: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; move it to ``destination`` only if the block succeeds."""
-    destination = Path(destination)
-    if destination.exists() and not destination.is_dir():
-        raise QExportError(f"{destination}: output path exists and is not a directory")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if destination.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
-        destination.rename(retired / "old")
-        staging.rename(destination)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(destination)
 
 
 def check_against_target(graph: Graph, target: Target) -> None:
@@ -83,14 +59,18 @@ def layer_table(graph: Graph) -> list[dict[str, Any]]:
     return rows
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+@dataclass
+class Export:
+    """Everything one export produces before it is written: the files' contents and the report."""
+
+    checkpoint: Checkpoint
+    graph: Graph
+    model: onnx.ModelProto
+    report: dict[str, Any]
 
 
-def run_export(
-    source: Path, target: Target, out_dir: Path, step: Step = lambda _: None
-) -> tuple[Checkpoint, Graph, onnx.ModelProto, dict[str, Any]]:
-    """Load, lower, export; write model.onnx, layer_spec.json, weights.bin and report.json atomically."""
+def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) -> Export:
+    """Load, lower and convert to ONNX (nothing is written)."""
     started = time.perf_counter()
     step("load checkpoint")
     checkpoint = load_checkpoint(source)
@@ -114,20 +94,30 @@ def run_export(
         "quant_config": checkpoint.config.to_dict(),
         "onnx_opset": model.opset_import[0].version,
         "layers": layer_table(graph),
+        "lower_seconds": round(time.perf_counter() - started, 3),
     }
-    with atomic_directory(out_dir) as staging:
-        onnx.save_model(model, str(staging / "model.onnx"))
+    return Export(checkpoint, graph, model, report)
+
+
+def write_export(export: Export, out_dir: Path, force: bool = False, step: Step = lambda _: None) -> None:
+    """Write model.onnx, layer_spec.json, weights.bin and report.json into ``out_dir``, all or nothing.
+
+    ``report.json`` lists every file written with its sha256: that list is what a later export with
+    ``force`` may replace (see ``qexport.outputs.export_directory``).
+    """
+    started = time.perf_counter()
+    with export_directory(out_dir, force) as staging:
+        step("write ONNX")
+        onnx.save_model(export.model, str(staging / "model.onnx"))
         step("write layer spec")
-        write_spec(graph, staging)
-        report["files"] = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
-        report["export_seconds"] = round(time.perf_counter() - started, 3)
-        (staging / "report.json").write_text(json.dumps(report, indent=1))
-    return checkpoint, graph, model, report
+        write_spec(export.graph, staging)
+        export.report["files"] = file_manifest(staging)
+        export.report["write_seconds"] = round(time.perf_counter() - started, 3)
+        (staging / REPORT_FILE).write_text(json.dumps(export.report, indent=1))
 
 
-def add_verification(out_dir: Path, report: dict[str, Any], verification: dict[str, Any]) -> None:
-    report["verification"] = verification
-    path = Path(out_dir) / "report.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(path)
+def run_export(source: Path, target: Target, out_dir: Path, step: Step = lambda _: None, force: bool = False) -> Export:
+    """``lower_checkpoint`` then ``write_export``."""
+    export = lower_checkpoint(source, target, step)
+    write_export(export, out_dir, force, step)
+    return export

@@ -8,20 +8,18 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from cli_runner import invoke as run
 from safetensors.torch import save_file
 from torch import nn
-from typer.testing import CliRunner
 
 from qexport import zoo
 from qexport.checkpoint import _read_header, load_checkpoint, save_checkpoint
 from qexport.cli import app
 from qexport.ir.serialize import load_schema, read_spec
 
-runner = CliRunner()
 
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+def invoke(*args: object):
+    return run(app, *args)
 
 
 def test_export_with_verify_writes_every_file(digits_checkpoint: Path, tmp_path: Path) -> None:
@@ -41,8 +39,11 @@ def test_default_output_directory(digits_checkpoint: Path, tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     assert invoke(digits_checkpoint, "--target", "arm").exit_code == 0
     assert (tmp_path / "digits_cnn_w4a4_arm" / "model.onnx").is_file()
-    assert invoke(digits_checkpoint, "--target", "arm").exit_code == 0  # overwriting is atomic too
+    again = invoke(digits_checkpoint, "--target", "arm")
+    assert again.exit_code == 2 and "--force" in again.stderr  # a second export never replaces silently
+    assert invoke(digits_checkpoint, "--target", "arm", "--force").exit_code == 0  # replacing is atomic too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_cnn_w4a4_arm"]
+    assert not [p for p in (tmp_path / "digits_cnn_w4a4_arm").iterdir() if p.name.startswith(".")]
 
 
 class Unsupported(nn.Module):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from typer.testing import CliRunner
+from cli_runner import invoke
 
 from hwsim.cli import app
 from hwsim.cost.model import estimate, peak_activation_bytes
@@ -19,13 +19,11 @@ from qexport.data import digits_split
 from qexport.ir.serialize import read_spec
 from qexport.targets import load_target
 
-runner = CliRunner()
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, digits_checkpoint: Path) -> Path:
     out = tmp_path_factory.mktemp("export") / "digits"
-    result = runner.invoke(qexport_app, [str(digits_checkpoint), "--target", "fpga", "-o", str(out)])
+    result = invoke(qexport_app, *[str(digits_checkpoint), "--target", "fpga", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     return out
 
@@ -48,7 +46,7 @@ def test_run_writes_onnx_comparable_outputs_json_and_plot(exported: Path, tmp_pa
         "--conv",
         path,
     ]
-    result = runner.invoke(app, args)
+    result = invoke(app, *args)
     assert result.exit_code == 0, result.stderr
     session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(None, {session.get_inputs()[0].name: x})[0]
@@ -61,9 +59,9 @@ def test_run_writes_onnx_comparable_outputs_json_and_plot(exported: Path, tmp_pa
 
 @pytest.mark.parametrize("array,dataflow", [("8x8", "os"), ("32x32", "is"), ("16x4", "ws")])
 def test_estimate_overrides_match_the_systolic_model(exported: Path, tmp_path: Path, array: str, dataflow: str):
-    result = runner.invoke(
+    result = invoke(
         app,
-        [
+        *[
             "estimate",
             str(exported / "layer_spec.json"),
             "--array",
@@ -97,14 +95,14 @@ def test_estimate_overrides_match_the_systolic_model(exported: Path, tmp_path: P
         (["estimate", "{spec}", "--array", "16by16"], "expected ROWSxCOLS"),
         (["estimate", "{spec}", "--dataflow", "xs"], "expected ws, os or is"),
         (["estimate", "{spec}", "--target", "arm", "--array", "8x8"], "do not apply"),
-        (["run", "{spec}", "--inputs", "missing.npy"], "cannot read a .npy"),
+        (["run", "{spec}", "--inputs", "missing.npy"], "missing.npy: no such inputs file"),
         (["run", "{spec}", "--inputs", "{bad_shape}"], "do not match the model input"),
     ],
 )
 def test_bad_input_is_one_line(exported: Path, tmp_path: Path, args: list[str], message: str) -> None:
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 5, 5), np.float32))
     subs = {"{spec}": str(exported / "layer_spec.json"), "{bad_shape}": str(tmp_path / "bad.npy")}
-    result = runner.invoke(app, [subs.get(a, a) for a in args])
+    result = invoke(app, *[subs.get(a, a) for a in args])
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from typer.testing import CliRunner
+from cli_runner import invoke
 
 from hwsim.engine import Engine
 from qexport.checkpoint import load_checkpoint, save_float_weights
@@ -25,7 +25,6 @@ from qexport.training import seed_everything, train
 from qexport.zoo import build
 
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,7 @@ SHIPPED = sorted(p.name for p in (ROOT / "models").glob("*.ckpt"))
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_verifies(name: str, tmp_path: Path) -> None:
     args = [str(ROOT / "models" / name), "--target", "fpga", "--verify", "--samples", "96", "-o", str(tmp_path / "o")]
-    result = runner.invoke(qexport_app, args)
+    result = invoke(qexport_app, *args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["verification"]["ok"] is True
@@ -76,7 +75,7 @@ def test_train_cli_writes_a_checkpoint_from_float_weights(float_model, tmp_path:
     weights = tmp_path / "float.safetensors"
     save_float_weights(weights, float_model, "digits_cnn", {}, float_accuracy=0.5)
     out = tmp_path / "m.ckpt"
-    result = runner.invoke(train_app, ["pot", "--float", str(weights), "--epochs", "1", "-o", str(out)])
+    result = invoke(train_app, *["pot", "--float", str(weights), "--epochs", "1", "-o", str(out)])
     assert result.exit_code == 0, result.output
     checkpoint = load_checkpoint(out)
     assert checkpoint.config.weight_method == "pot" and checkpoint.info["float_accuracy"] == 0.5
@@ -93,7 +92,7 @@ def test_train_cli_writes_a_checkpoint_from_float_weights(float_model, tmp_path:
     ],
 )
 def test_train_cli_bad_input(args: list[str], message: str, tmp_path: Path) -> None:
-    result = runner.invoke(train_app, [*args, "-o", str(tmp_path / "x.ckpt")])
+    result = invoke(train_app, *[*args, "-o", str(tmp_path / "x.ckpt")])
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "x.ckpt").exists()
@@ -102,5 +101,5 @@ def test_train_cli_bad_input(args: list[str], message: str, tmp_path: Path) -> N
 def test_train_cli_refuses_pickled_float_weights(tmp_path: Path) -> None:
     pickled = tmp_path / "float.pt"
     pickled.write_bytes(b"\x80\x04K\x01.")
-    result = runner.invoke(train_app, ["lsq", "--float", str(pickled), "-o", str(tmp_path / "x.ckpt")])
+    result = invoke(train_app, *["lsq", "--float", str(pickled), "-o", str(tmp_path / "x.ckpt")])
     assert result.exit_code == 2 and "never unpickles" in result.output

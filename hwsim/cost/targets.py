@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from qexport.errors import TargetError
 from qexport.targets import Target
 
+MAX_ARRAY = 4096  # as in target.schema.json
 ENERGY_KEYS = ("mult_8bit_pj", "add_32bit_pj", "shift_32bit_pj", "lut_read_pj", "sram_byte_pj", "dram_byte_pj")
 
 
@@ -35,10 +36,10 @@ class Hardware:
         if array is not None:
             try:
                 rows, cols = (int(v) for v in array.lower().split("x"))
-                if rows < 1 or cols < 1:
+                if not (1 <= rows <= MAX_ARRAY and 1 <= cols <= MAX_ARRAY):
                     raise ValueError
             except ValueError:
-                raise TargetError(f"--array {array!r}: expected ROWSxCOLS, e.g. 16x16") from None
+                raise TargetError(f"--array {array!r}: expected ROWSxCOLS, each 1..{MAX_ARRAY}, e.g. 16x16") from None
             updated = replace(updated, rows=rows, cols=cols)
         if dataflow is not None:
             if dataflow not in ("ws", "os", "is"):
@@ -50,40 +51,37 @@ class Hardware:
 
 
 def hardware_of(target: Target) -> Hardware:
+    """The hardware model of a target (its file was schema-checked by ``load_target``)."""
     raw = target.raw
-    where = f"target {target.name!r}"
-    try:
-        hw, energy = raw["hardware"], raw["energy"]
-        memory = hw.get("memory", {})
-        common = {
-            "name": target.name,
-            "model": str(hw["model"]),
-            "clock_mhz": float(hw["clock_mhz"]),
-            "energy": {key: float(energy[key]) for key in ENERGY_KEYS},
-            "dram_bytes_per_cycle": float(memory["dram_bytes_per_cycle"]),
-        }
-        if hw["model"] == "systolic":
-            rows, cols = (int(v) for v in hw["array"])
-            return Hardware(
-                **common,
-                rows=rows,
-                cols=cols,
-                dataflow=str(hw["dataflow"]),
-                ifmap_sram_bytes=int(memory["ifmap_sram_bytes"]),
-                filter_sram_bytes=int(memory["filter_sram_bytes"]),
-                ofmap_sram_bytes=int(memory["ofmap_sram_bytes"]),
-            )
-        if hw["model"] == "vector":
-            return Hardware(
-                **common,
-                simd_bits=int(hw["simd_bits"]),
-                vector_units=int(hw["vector_units"]),
-                int8_macs_per_lane_op=int(hw["int8_macs_per_lane_op"]),
-                requant_elements_per_cycle=int(hw["requant_elements_per_cycle"]),
-                cache_bytes=int(memory["l2_bytes"]),
-            )
-    except KeyError as error:
-        raise TargetError(f"{where}: missing field {error} in [hardware] or [energy]") from None
-    except (TypeError, ValueError) as error:
-        raise TargetError(f"{where}: malformed hardware field ({error})") from None
-    raise TargetError(f"{where}: hardware.model must be 'systolic' or 'vector', not {hw['model']!r}")
+    where = target.source or f"target {target.name!r}"
+    for section in ("hardware", "energy"):
+        if section not in raw:
+            raise TargetError(f"{where}: no [{section}] section (hwsim needs the hardware and energy tables)")
+    hw, energy = raw["hardware"], raw["energy"]
+    memory = hw["memory"]
+    common = {
+        "name": target.name,
+        "model": hw["model"],
+        "clock_mhz": float(hw["clock_mhz"]),
+        "energy": {key: float(energy[key]) for key in ENERGY_KEYS},
+        "dram_bytes_per_cycle": float(memory["dram_bytes_per_cycle"]),
+    }
+    if hw["model"] == "systolic":
+        rows, cols = hw["array"]
+        return Hardware(
+            **common,
+            rows=rows,
+            cols=cols,
+            dataflow=hw["dataflow"],
+            ifmap_sram_bytes=memory["ifmap_sram_bytes"],
+            filter_sram_bytes=memory["filter_sram_bytes"],
+            ofmap_sram_bytes=memory["ofmap_sram_bytes"],
+        )
+    return Hardware(
+        **common,
+        simd_bits=hw["simd_bits"],
+        vector_units=hw["vector_units"],
+        int8_macs_per_lane_op=hw["int8_macs_per_lane_op"],
+        requant_elements_per_cycle=hw["requant_elements_per_cycle"],
+        cache_bytes=memory["l2_bytes"],
+    )

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from qexport.errors import QExportError
+from qexport.validation import schema_problem, schema_validator
 
 MIN_QAT_BITS, MAX_QAT_BITS = 2, 8
 LEGACY_WEIGHT_FORMATS = {"int_affine": "lsq", "pot": "pot"}  # checkpoints written before weight_method existed
@@ -49,6 +50,13 @@ class QuantConfig:
             raise QExportError(f"quant config: {self.weight_method} weights need weight_bits >= {lowest}")
         if not isinstance(self.options, dict):
             raise QExportError("quant config: options must be a mapping")
+        problem = schema_problem(schema_validator("qexport.quant", "options.schema.json"), self.options)
+        if problem is not None:
+            raise QExportError(f"quant config: options: {problem} (see qexport/quant/options.schema.json)")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type in ("bool", "str") and type(value).__name__ != item.type:
+                raise QExportError(f"quant config: {item.name}={value!r} must be a {item.type}")
 
     def option(self, name: str, default: Any) -> Any:
         return self.options.get(name, default)
@@ -58,6 +66,8 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        if not isinstance(data, dict):
+            raise QExportError(f"quant config: expected an object, got {type(data).__name__}")
         data = dict(data)
         if "weight_format" in data:
             legacy = data.pop("weight_format")
