@@ -53,7 +53,7 @@ def main() -> None:
     checkpoint = work / "resnet20.ckpt"
     save_checkpoint(checkpoint, checkpoint_from_model(model, "resnet20", {}, config, dataset="synthetic"))
     target = load_target("fpga")
-    qexport_s = timed(lambda: run_export(checkpoint, target, work / "out"))
+    qexport_s = timed(lambda: run_export(checkpoint, target, work / "out", force=True))
 
     float_model = build("resnet20").eval()
     example = torch.randn(1, 3, 32, 32)

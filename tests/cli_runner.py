@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import typer
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from qexport.cli_support import run_app
 
