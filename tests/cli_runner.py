@@ -24,4 +24,4 @@ class Result:
 def invoke(app: typer.Typer, *args: object) -> Result:
     with CliRunner().isolation() as (stdout, stderr, _):
         code = run_app(app, [str(arg) for arg in args])
-    return Result(code, stdout.getvalue().decode(), stderr.getvalue().decode())
+        return Result(code, stdout.getvalue().decode(), stderr.getvalue().decode())
