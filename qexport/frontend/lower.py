@@ -132,8 +132,7 @@ def _split_post(b: _Builder, node: fx.Node, x: Quantized, op: Op, attrs: dict, a
             b.add_node(op, f"{node.target}.{part}", [x.tensor], f"{node.name}_acc_{part}", INT32, None, **part_attrs)
         )
     widest = max(
-        max(abs(low), abs(high)).bit_length()
-        for low, high in (weighted_range(b.graph, n) for n in b.graph.nodes[-2:])
+        max(abs(low), abs(high)).bit_length() for low, high in (weighted_range(b.graph, n) for n in b.graph.nodes[-2:])
     )
     align = min(16, b.max_acc_bits - 3 - widest)  # sqrt(2) * 2**a * |acc| + 2**a * |acc| < 2**(max_acc_bits - 1)
     if align < 4:
@@ -224,41 +223,90 @@ def _lower_input(b: _Builder, node: fx.Node, input_shape: tuple[int, ...]) -> Qu
     return Quantized(node.name)
 
 
-def _lower_pool(b: _Builder, node: fx.Node, kind: str, x: Quantized) -> Quantized:
+def _maxpool_args(b: _Builder, node: fx.Node) -> tuple:
+    """(kernel, stride, padding, dilation, ceil_mode) of nn.MaxPool2d or F.max_pool2d."""
+    if node.op == "call_module":
+        pool = b.gm.get_submodule(node.target)
+        return pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    defaults = dict(zip(names, (None, None, 0, 1, False), strict=True))
+    given = dict(zip(names, node.args[1:], strict=False)) | {k: v for k, v in node.kwargs.items() if k in names}
+    return tuple({**defaults, **given}[name] for name in names)
+
+
+def _ceil_extra(size: int, kernel: int, stride: int, pad: int) -> int:
+    """Extra bottom/right padding that gives torch's ceil_mode output size (0 when it adds no window)."""
+    ceil_out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if (ceil_out - 1) * stride >= size + pad:  # torch: the last window must start inside the input or left pad
+        ceil_out -= 1
+    return max(0, (ceil_out - 1) * stride + kernel - (size + 2 * pad))
+
+
+def _lower_maxpool(b: _Builder, node: fx.Node, x: Quantized) -> Quantized:
     info = b.graph.tensors[x.tensor]
-    if kind == "maxpool":
-        if node.op == "call_module":
-            pool = b.gm.get_submodule(node.target)
-            kernel, stride, padding = pool.kernel_size, pool.stride, pool.padding
-            if pool.dilation not in (1, (1, 1)) or pool.ceil_mode:
-                raise LoweringError(f"layer {describe(b.gm, node)}: dilation and ceil_mode are not supported")
-        else:
-            args = list(node.args[1:]) + [None, 0][len(node.args) - 2 :]
-            kernel, stride, padding = (
-                node.kwargs.get("kernel_size", args[0]),
-                node.kwargs.get("stride", args[1]),
-                node.kwargs.get("padding", args[2]),
-            )
-        stride = kernel if stride in (None, ()) else stride
-        pad = _pair(padding)
-        return Quantized(
-            b.add_node(
-                Op.MAXPOOL,
-                node.name,
-                [x.tensor],
-                node.name,
-                info.dtype,
-                info.quant,
-                kernel=_pair(kernel),
-                stride=_pair(stride),
-                padding=[pad[0], pad[1], pad[0], pad[1]],
-            )
+    kernel, stride, padding, dilation, ceil_mode = _maxpool_args(b, node)
+    if _pair(dilation) != [1, 1]:
+        raise LoweringError(
+            f"layer {describe(b.gm, node)}: max pool dilation={dilation}: the IR's maxpool has no dilation"
         )
+    kernel, pad = _pair(kernel), _pair(padding)
+    stride = kernel if stride in (None, ()) else _pair(stride)
+    padding = [pad[0], pad[1], pad[0], pad[1]]
+    if ceil_mode:  # the partial windows become bottom/right padding, which never wins a max
+        for axis in (0, 1):
+            padding[2 + axis] += _ceil_extra(info.shape[2 + axis], kernel[axis], stride[axis], pad[axis])
+        if any(p > kernel[a % 2] // 2 for a, p in enumerate(padding)):
+            raise LoweringError(
+                f"layer {describe(b.gm, node)}: max pool ceil_mode=True needs padding {padding[2:]} at the "
+                f"bottom/right, more than half the kernel {kernel}"
+            )
+    return Quantized(
+        b.add_node(
+            Op.MAXPOOL,
+            node.name,
+            [x.tensor],
+            node.name,
+            info.dtype,
+            info.quant,
+            kernel=kernel,
+            stride=stride,
+            padding=padding,
+        )
+    )
+
+
+def _window_counts(size: int, kernel: int, stride: int, pad: int) -> set[int]:
+    """How many input rows (or columns) each output window of an average pool covers (padding excluded)."""
+    out = (size + 2 * pad - kernel) // stride + 1
+    return {min(i * stride - pad + kernel, size) - max(i * stride - pad, 0) for i in range(out)}
+
+
+def _check_average_count(b: _Builder, node: fx.Node, counts: set[int]) -> None:
+    """Refuse averages whose count is even but not a power of two: a tie of the IR's exact rounding
+    is then reached through a float division (or reciprocal) in torch and onnxruntime."""
+    for count in sorted(counts):
+        if count % 2 == 0 and count & (count - 1):
+            raise LoweringError(
+                f"layer {describe(b.gm, node)}: average pool over {count} values is not exact in float paths; "
+                "use a power-of-two window"
+            )
+
+
+def _lower_pool(b: _Builder, node: fx.Node, kind: str, x: Quantized) -> Quantized:
+    if kind == "maxpool":
+        return _lower_maxpool(b, node, x)
+    info = b.graph.tensors[x.tensor]
     pool = b.gm.get_submodule(node.target)
     if pool.kernel_size is None:
         return Quantized(b.add_node(Op.GLOBAL_AVGPOOL, node.name, [x.tensor], node.name, info.dtype, info.quant))
-    pad = _pair(pool.padding)
-    stride = pool.kernel_size if pool.stride in (None, ()) else pool.stride
+    kernel, pad = _pair(pool.kernel_size), _pair(pool.padding)
+    stride = kernel if pool.stride in (None, ()) else _pair(pool.stride)
+    if pool.count_include_pad:
+        counts = {kernel[0] * kernel[1]}
+    else:
+        rows, cols = (_window_counts(info.shape[2 + a], kernel[a], stride[a], pad[a]) for a in (0, 1))
+        counts = {r * c for r in rows for c in cols}
+    _check_average_count(b, node, counts)
     return Quantized(
         b.add_node(
             Op.AVGPOOL,
@@ -267,8 +315,8 @@ def _lower_pool(b: _Builder, node: fx.Node, kind: str, x: Quantized) -> Quantize
             node.name,
             info.dtype,
             info.quant,
-            kernel=_pair(pool.kernel_size),
-            stride=_pair(stride),
+            kernel=kernel,
+            stride=stride,
             padding=[pad[0], pad[1], pad[0], pad[1]],
             count_include_pad=bool(pool.count_include_pad),
         )
