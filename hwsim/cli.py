@@ -25,6 +25,7 @@ from qexport.targets import load_target
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 app = typer.Typer(
+    name="hwsim",
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
@@ -47,7 +48,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             version = np.lib.format.read_magic(handle)
             read_header = NPY_HEADER_READERS.get(version)
             if read_header is None:
-                raise QExportError(f"{path}: .npy format version {version} is not supported (1.0 or 2.0)")
+                raise QExportError(f"{path}: not a .npy array (format version {version}, expected 1.0 or 2.0)")
             shape, _, dtype = read_header(handle)
             data_bytes = path.stat().st_size - handle.tell()
     except FileNotFoundError:

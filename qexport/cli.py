@@ -17,7 +17,7 @@ from qexport.pipeline import lower_checkpoint, write_export
 from qexport.targets import available_targets, load_target, with_native_bits, with_post_mac
 from qexport.verify import Verification, verify
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(name="qexport", add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 EXIT_VERIFY_FAILED = 1
 

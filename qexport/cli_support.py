@@ -36,6 +36,7 @@ def _os_error_message(error: OSError) -> str:
 def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str | None = None) -> int:
     """Run a typer app and return its exit code; usage errors, user errors and OS errors become one line."""
     command = typer.main.get_command(app)
+    prog_name = prog_name or app.info.name
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = command.main(args=args, prog_name=prog_name, standalone_mode=False)

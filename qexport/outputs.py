@@ -70,7 +70,7 @@ def check_output_file(path: Path, force: bool, option: str) -> None:
     if len(path.name.encode()) > os.pathconf(parent, "PC_NAME_MAX"):
         raise OutputError(f"{path}: {option}: file name too long")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: {option}: cannot write in {parent} (permission denied)")
+        raise OutputError(f"{path}: {option}: cannot write in {parent} (Permission denied)")
 
 
 class StagedFiles:
@@ -85,7 +85,7 @@ class StagedFiles:
         try:
             handle, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial")
         except OSError as error:
-            raise OutputError(f"{destination}: cannot write ({error.strerror})") from None
+            raise OutputError(f"{destination}: cannot write in {destination.parent} ({error.strerror})") from None
         os.close(handle)
         temporary = Path(name)
         self._entries.append((temporary, destination))

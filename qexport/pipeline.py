@@ -31,9 +31,8 @@ def check_against_target(graph: Graph, target: Target) -> None:
         if node.op in (Op.CONV2D, Op.LINEAR):
             weight = graph.weights[node.attrs["weight"]]
             if weight.format not in target.weight_formats:
-                raise QExportError(
-                    f"layer {node.name!r}: weight format {weight.format!r} is not offered by target {target.name!r}"
-                )
+                where = target.source or f"target {target.name!r}"
+                raise QExportError(f"layer {node.name!r}: weight format {weight.format!r} is not offered by {where}")
 
 
 def layer_table(graph: Graph) -> list[dict[str, Any]]:
@@ -75,17 +74,20 @@ def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) 
     step("load checkpoint")
     checkpoint = load_checkpoint(source)
     step("lower to integer IR")
-    graph = lower(
-        checkpoint.model,
-        checkpoint.input_shape,
-        name=checkpoint.architecture,
-        max_acc_bits=target.max_acc_bits,
-        post_mac=target.post_mac,
-    )
-    graph.metadata.update(source=Path(source).name, target=target.name, qexport_version=__version__)
-    check_against_target(graph, target)
-    step("export ONNX")
-    model = export_onnx(graph, target.onnx_native_bits)
+    try:
+        graph = lower(
+            checkpoint.model,
+            checkpoint.input_shape,
+            name=checkpoint.architecture,
+            max_acc_bits=target.max_acc_bits,
+            post_mac=target.post_mac,
+        )
+        graph.metadata.update(source=Path(source).name, target=target.name, qexport_version=__version__)
+        check_against_target(graph, target)
+        step("export ONNX")
+        model = export_onnx(graph, target.onnx_native_bits)
+    except QExportError as error:
+        raise type(error)(f"{source}: {error}") from None
     report: dict[str, Any] = {
         "qexport_version": __version__,
         "source": str(source),

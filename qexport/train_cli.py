@@ -27,7 +27,7 @@ from qexport.quant.config import QuantConfig
 from qexport.training import accuracy, seed_everything, train
 from qexport.zoo import build
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(name="qexport-train", add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 ARCHITECTURE = "digits_cnn"  # the one real data set available offline is scikit-learn's digits
 FLOAT_EPOCHS, FLOAT_LR, FLOAT_SEED = 40, 1e-2, 0

@@ -37,7 +37,7 @@ def schema_problem(validator: jsonschema.protocols.Validator, data: Any) -> str 
     except RecursionError:
         return "nested too deeply"
     if error is not None:
-        field = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-        return f"field {field}: {error.message}"
+        field = ".".join(str(part) for part in error.absolute_path)
+        return f"field {field}: {error.message}" if field else error.message
     bad = first_non_finite(data)
     return None if bad is None else f"field {bad}: must be a finite number"

@@ -21,6 +21,7 @@ from qexport.passes.infer_accumulator_bits import DEFAULT_MAX_ACC_BITS, infer_ac
 from qexport.quant.lsq import LsqQuantizer
 
 ADD_ALIGN_BITS = 16
+STEP_RANGE = (2.0**-30, 2.0**30)  # every quantizer step of a trained model lies far inside
 POST_MACS = ("lut", "split")  # extra accumulator precision when two operand scales are not a power-of-two ratio
 
 
@@ -47,7 +48,17 @@ class _Builder:
         self.max_acc_bits, self.post_mac = max_acc_bits, post_mac
 
     def steps(self, quantizer: LsqQuantizer) -> np.ndarray:
-        return quantizer.step().detach().to(torch.float32).numpy().astype(np.float64)
+        """The quantizer's float32 steps, refused unless each lies in [2^-30, 2^30] (a trained model's do)."""
+        steps = quantizer.step().detach().to(torch.float32).numpy().astype(np.float64)
+        valid = np.isfinite(steps) & (steps >= STEP_RANGE[0]) & (steps <= STEP_RANGE[1])
+        if not valid.all():
+            name = next((n for n, m in self.gm.named_modules() if m is quantizer), "?")
+            bad = steps[~valid][0]
+            raise LoweringError(
+                f"quantizer {name!r}: step {bad:g} is outside [2^-30, 2^30] (a zero, underflowing or overflowing "
+                "step in the checkpoint)"
+            )
+        return steps
 
     def add_node(self, op: Op, name: str, inputs: list[str], output: str, dtype: IntType, quant, **attrs) -> str:
         node = Node(op, name, inputs, [output], attrs)

@@ -110,6 +110,8 @@ def validate_spec(spec: dict[str, Any], where: str = "layer spec") -> None:
     except jsonschema.ValidationError as error:
         path = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise QExportError(f"{where}: field {path}: {error.message}") from None
+    except RecursionError:
+        raise QExportError(f"{where}: nested too deeply") from None
 
 
 def spec_to_graph(spec: dict[str, Any], blob: bytes, where: str = "layer spec") -> Graph:
@@ -162,8 +164,12 @@ def read_spec(spec_path: Path) -> Graph:
     spec_path = Path(spec_path)
     try:
         spec = json.loads(spec_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except OSError as error:
+        raise QExportError(f"{spec_path}: cannot read layer spec ({error.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise QExportError(f"{spec_path}: cannot read layer spec ({error})") from None
+    except RecursionError:
+        raise QExportError(f"{spec_path}: layer spec nested too deeply") from None
     if not isinstance(spec, dict):
         raise QExportError(f"{spec_path}: not a layer spec (top level is not an object)")
     blob_path = spec_path.parent / spec.get("weights_file", WEIGHTS_FILE)
