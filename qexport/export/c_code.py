@@ -1,0 +1,263 @@
+"""C99 board code from the IR: packed weight headers, layer descriptors, a static arena, the runtime.
+
+``write_c(graph, out_dir)`` writes ``out_dir/c/``: ``qx_runtime.{h,c}`` and ``main.c`` (plain files of
+the package), and from Jinja2 templates ``qx_config.h``, ``model.h``, ``model_data.h``, ``model.c`` and a
+``Makefile``. The generated code runs one sample per ``qxm_run`` call; tensors live in one static
+arena whose offsets come from a lifetime-based first-fit allocation here (no heap).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from qexport import __version__
+from qexport.export.c_pack import CExportError, bias_values, pack_weight, partial_sum_bound
+from qexport.ir.graph import Graph, Node, TensorInfo
+from qexport.ir.ops import Op, dynamic_operands
+
+PLAIN_FILES = ("qx_runtime.h", "qx_runtime.c", "main.c")
+TEMPLATES = {
+    "qx_config.h": "qx_config.h.j2",
+    "model.h": "model.h.j2",
+    "model_data.h": "model_data.h.j2",
+    "model.c": "model.c.j2",
+    "Makefile": "Makefile.j2",
+}
+DYNAMIC_MODE = {None: 0, "mul": 1, "div": 2, "muldiv": 3}
+
+
+def templates_dir() -> Path:
+    return Path(str(resources.files("qexport.export").joinpath("templates")))
+
+
+def environment(subdir: str) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir() / subdir),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["c_comment"] = lambda text: str(text).replace("*/", "* /").replace("\n", " ")
+    return env
+
+
+def elements(info: TensorInfo) -> int:
+    return math.prod(info.shape[1:])
+
+
+def zero_point(graph: Graph, tensor: str) -> int:
+    quant = graph.tensors[tensor].quant
+    return 0 if quant is None else int(quant.zero_point)
+
+
+def centred_range(graph: Graph, tensor: str) -> tuple[int, int]:
+    dtype, zp = graph.tensors[tensor].dtype, zero_point(graph, tensor)
+    return dtype.min - zp, dtype.max - zp
+
+
+@dataclass
+class Arena:
+    offsets: dict[str, int]
+    elems: int
+
+
+def plan_arena(graph: Graph) -> Arena:
+    """First-fit placement of every tensor by lifetime [producer, last consumer] (inputs from -1, outputs to the end)."""
+    end = len(graph.nodes)
+    start = {name: -1 for name in graph.inputs}
+    last = {name: -1 for name in graph.inputs}
+    for index, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            last[name] = index
+        start[node.outputs[0]] = index
+        last.setdefault(node.outputs[0], index)
+    for name in graph.outputs:
+        last[name] = end
+    placed: list[tuple[int, int, int, int]] = []  # offset, size, start, last
+    offsets: dict[str, int] = {}
+    for name in sorted(start, key=lambda n: (start[n], n not in graph.inputs)):
+        if name in offsets:
+            continue
+        size = max(1, elements(graph.tensors[name]))
+        busy = sorted((o, o + s) for o, s, a, b in placed if a <= last[name] and start[name] <= b)
+        offset = 0
+        for low, high in busy:
+            if offset + size <= low:
+                break
+            offset = max(offset, high)
+        offsets[name] = offset
+        placed.append((offset, size, start[name], last[name]))
+    return Arena(offsets, max((o + s for o, s, _, _ in placed), default=1))
+
+
+def _io(graph: Graph, names: list[str], arena: Arena) -> list[dict]:
+    rows, io_offset = [], 0
+    for name in names:
+        info = graph.tensors[name]
+        scale = info.quant.scale
+        if isinstance(scale, list):
+            if len(set(scale)) != 1:
+                raise CExportError(f"graph input/output {name!r}: per-channel scales are not supported by main.c")
+            scale = scale[0]
+        rows.append(
+            {
+                "name": name,
+                "dtype": info.dtype.name,
+                "shape": list(info.shape[1:]),
+                "elems": elements(info),
+                "scale": float(np.float32(scale)).hex() + "f",
+                "zero_point": int(info.quant.zero_point),
+                "min": info.dtype.min,
+                "max": info.dtype.max,
+                "offset": arena.offsets[name],
+                "io_offset": io_offset,
+            }
+        )
+        io_offset += elements(info)
+    return rows
+
+
+class _Planner:
+    def __init__(self, graph: Graph, arena: Arena):
+        self.graph, self.arena = graph, arena
+        self.weights: list[dict] = []
+        self.codes_elems = 1
+        self.acc64 = False
+        self.lut64 = False
+
+    def at(self, tensor: str) -> int:
+        return self.arena.offsets[tensor]
+
+    def shape(self, tensor: str) -> tuple[int, ...]:
+        return tuple(self.graph.tensors[tensor].shape[1:])
+
+    def weight(self, node: Node) -> int:
+        graph = self.graph
+        weight = graph.weights[node.attrs["weight"]]
+        bias_name = node.attrs.get("bias")
+        bias = graph.weights[bias_name] if bias_name is not None else None
+        x_min, x_max = centred_range(graph, node.inputs[0])
+        fields = pack_weight(weight, x_min, x_max)
+        fields.update(id=len(self.weights), node=node.name, bias=bias_values(bias))
+        self.weights.append(fields)
+        self.codes_elems = max(self.codes_elems, fields["row_len"] * fields["terms"])
+        self.acc64 |= partial_sum_bound(weight, bias, x_min, x_max) > (1 << 31) - 1
+        self.lut64 |= bool(fields["lut"]) and max(abs(v) for v in fields["lut"]) > (1 << 31) - 1
+        return fields["id"]
+
+    def step(self, index: int, node: Node) -> dict:
+        x, y = node.inputs[0], node.outputs[0]
+        step = {"id": index, "name": node.name, "op": node.op.value, "x": self.at(x), "y": self.at(y)}
+        in_shape, out_shape = self.shape(x), self.shape(y)
+        zp = zero_point(self.graph, x)
+        if node.op is Op.CONV2D:
+            w = self.weight(node)
+            kernel = self.graph.weights[node.attrs["weight"]].shape[2:]
+            step.update(w=w, has_bias=self.weights[w]["bias"] is not None, x_zp=zp, groups=node.attrs["groups"])
+            step.update(in_c=in_shape[0], in_h=in_shape[1], in_w=in_shape[2], k_h=kernel[0], k_w=kernel[1])
+            step.update(out_c=out_shape[0], out_h=out_shape[1], out_w=out_shape[2])
+            step.update(stride=node.attrs["stride"], padding=node.attrs["padding"], dilation=node.attrs["dilation"])
+        elif node.op is Op.LINEAR:
+            w = self.weight(node)
+            step.update(w=w, has_bias=self.weights[w]["bias"] is not None, x_zp=zp)
+            step.update(in_n=in_shape[0], out_n=out_shape[0])
+        elif node.op is Op.ADD:
+            step.update(x2=self.at(node.inputs[1]), n=math.prod(out_shape), zp_a=zp)
+            step.update(zp_b=zero_point(self.graph, node.inputs[1]))
+            step.update(mul_a=node.attrs["lhs_multiplier"], mul_b=node.attrs["rhs_multiplier"])
+            if max(abs(step["mul_a"]), abs(step["mul_b"])) > (1 << 31) - 1:
+                raise CExportError(f"node {node.name!r}: add multipliers do not fit 32 bits")
+        elif node.op is Op.REQUANTIZE:
+            operands = dynamic_operands(node)
+            mode = node.attrs.get("dynamic", "mul") if operands else None
+            channels = in_shape[0] if in_shape else 1
+            step.update(channels=channels, inner=max(1, math.prod(in_shape[1:])), mode=DYNAMIC_MODE[mode])
+            step.update(multiplier=node.attrs["multiplier"], shift=node.attrs["shift"])
+            step.update(zp_out=zero_point(self.graph, y), clip_min=node.attrs["clip_min"])
+            step.update(clip_max=node.attrs["clip_max"])
+            step["num"] = self.at(operands["num"]) if "num" in operands else None
+            step["den"] = self.at(operands["den"]) if "den" in operands else None
+        elif node.op is Op.RELU:
+            step.update(n=math.prod(out_shape), zp=zp)
+        elif node.op is Op.CLIP:
+            step.update(n=math.prod(out_shape), clip_min=node.attrs["clip_min"], clip_max=node.attrs["clip_max"])
+        elif node.op in (Op.MAXPOOL, Op.AVGPOOL):
+            step.update(channels=in_shape[0], in_h=in_shape[1], in_w=in_shape[2], out_h=out_shape[1])
+            step.update(out_w=out_shape[2], kernel=node.attrs["kernel"], stride=node.attrs["stride"])
+            step.update(padding=node.attrs["padding"], zp=zp, pad_value=self.graph.tensors[x].dtype.min)
+            step["count_include_pad"] = int(bool(node.attrs.get("count_include_pad", False)))
+        elif node.op is Op.GLOBAL_AVGPOOL:
+            step.update(channels=in_shape[0], hw=in_shape[1] * in_shape[2], zp=zp)
+        elif node.op in (Op.FLATTEN, Op.RESHAPE):
+            step.update(n=max(1, math.prod(out_shape)))
+        elif node.op is Op.CONCAT:
+            axis = node.attrs["axis"]
+            parts, offset = [], 0
+            for name in node.inputs:
+                chunk = math.prod(self.shape(name)[axis - 1 :])
+                parts.append({"x": self.at(name), "chunk": chunk, "offset": offset})
+                offset += chunk
+            step.update(outer=math.prod(out_shape[: axis - 1]), out_chunk=offset, parts=parts)
+        else:  # pragma: no cover - the checker knows every op
+            raise CExportError(f"node {node.name!r}: op {node.op.value} has no C kernel")
+        return step
+
+
+def _check_types(graph: Graph) -> None:
+    for name, info in graph.tensors.items():
+        if not info.dtype.signed and info.dtype.bits >= 32:
+            raise CExportError(f"tensor {name!r}: {info.dtype.name} does not fit the C runtime's int32 storage")
+
+
+def c_context(graph: Graph) -> dict:
+    """Everything the templates need, computed from the IR graph alone."""
+    _check_types(graph)
+    arena = plan_arena(graph)
+    planner = _Planner(graph, arena)
+    steps = [planner.step(index, node) for index, node in enumerate(graph.nodes)]
+    inputs, outputs = _io(graph, graph.inputs, arena), _io(graph, graph.outputs, arena)
+    act_bytes = 4
+    return {
+        "version": __version__,
+        "name": graph.name,
+        "source": graph.metadata.get("source", "-"),
+        "inputs": inputs,
+        "outputs": outputs,
+        "input_elems": sum(t["elems"] for t in inputs),
+        "output_elems": sum(t["elems"] for t in outputs),
+        "steps": steps,
+        "weights": planner.weights,
+        "arena_elems": arena.elems,
+        "arena_bytes": arena.elems * act_bytes,
+        "codes_elems": planner.codes_elems,
+        "codes_bytes": planner.codes_elems * 4,
+        "act64": False,
+        "acc64": planner.acc64,
+        "lut64": planner.lut64,
+    }
+
+
+def write_c(graph: Graph, out_dir: Path) -> list[Path]:
+    """Write the C library, model headers, example program and Makefile into ``out_dir/c``."""
+    context = c_context(graph)
+    target = Path(out_dir) / "c"
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in PLAIN_FILES:
+        path = target / name
+        path.write_bytes((templates_dir() / "c" / name).read_bytes())
+        written.append(path)
+    env = environment("c")
+    for name, template in TEMPLATES.items():
+        path = target / name
+        path.write_text(env.get_template(template).render(**context))
+        written.append(path)
+    return written
