@@ -332,9 +332,11 @@ class Engine:
         return plan
 
     def _plan_conv(self, plan: WeightedPlan, node: Node, info, terms: list[GemmTerm] | None, shape: tuple) -> None:
-        """Pick the layer's torch convolution: oneDNN int8 where exact, else one exact float convolution."""
+        """Pick the layer's torch convolution: oneDNN int8 where exact, else one exact float convolution
+        (each planner also probes the layer's geometry once, cached, and refuses it on any difference)."""
         zero_point = plan.zero_point
-        geometry = (node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"], plan.groups)
+        size = tuple(info.shape[2:])
+        geometry = (node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"], plan.groups, size)
         if self.conv == "auto" and plan.mac.integer is not None:
             integer = plan.mac.integer.reshape(shape)
             plan.conv = plan_int8_conv(integer, info.dtype.min, info.dtype.max, zero_point, *geometry)

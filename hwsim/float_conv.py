@@ -8,11 +8,14 @@ max|table_t|`` stays below 2**24 (2**53) any summation order is exact in float32
 
 This is the path for layers oneDNN's int8 kernels cannot take (weights or activations past 8 bits,
 sqrt(2) powers, CPUs without exact int8 dot products). While it runs NNPACK (Winograd/FFT) is off
-and oneDNN is held to IEEE float32; a probe checks exactness once per process.
+and oneDNN is held to IEEE float32. Padding is written here (every table is 0 at the zero point) and
+torch convolves without padding, so no window reads torch's padding. A probe checks exactness once
+per process, and once per layer geometry at plan time (cached).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,9 +90,11 @@ def plan_float_conv(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
     groups: int,
+    size: tuple[int, int],
 ) -> tuple[FloatConv, int] | None:
-    """(FloatConv, accumulator bound) for terms ``(table, coeff [O, K])`` of a [O, C/g, kh, kw] layer, each
-    table indexed by stored activation - ``stored_min``; None when it cannot be one exact float convolution."""
+    """(FloatConv, accumulator bound) for terms ``(table, coeff [O, K])`` of a [O, C/g, kh, kw] layer on
+    inputs of spatial ``size``, each table indexed by stored activation - ``stored_min``; None when it
+    cannot be one exact float convolution (or torch fails the probe of this geometry)."""
     if not terms or not available() or (len(terms) > 1 and groups != 1):
         return None
     tables = np.stack([np.asarray(table, dtype=np.int64) for table, _ in terms])
@@ -100,6 +105,20 @@ def plan_float_conv(
     bound = int(np.max(sums, initial=0))
     dtype = float_type(bound)
     if dtype is None:
+        return None
+    top, left, bottom, right = padding
+    geometry = (
+        weight_shape[0],
+        len(terms) * weight_shape[1],
+        *weight_shape[2:],
+        size[0] + top + bottom,
+        size[1] + left + right,
+        tuple(stride),
+        tuple(dilation),
+        groups,
+        np.dtype(dtype).name,
+    )
+    if not geometry_exact(*geometry):
         return None
     import torch
 
@@ -122,7 +141,7 @@ def available() -> bool:
             weight = rng.choice([-127, -1, 0, 1, 127], size=(channels, channels // groups, 3, 3))
             if extreme:  # sums up to 576 * 200 * 127, just below 2**24
                 x, weight = np.full_like(x, 200), np.full_like(weight, 127)
-            expected = reference_conv(x, weight, 0, (1, 1), (1, 1), (1, 1), groups).transpose(0, 3, 1, 2)
+            expected = reference_conv(x, weight, 0, (1, 1), (1,) * 4, (1, 1)).transpose(0, 3, 1, 2)
             assert np.abs(expected).max() < FLOAT32_EXACT
             with exact_float_convolution():
                 for dtype in (torch.float32, torch.float64):
@@ -137,3 +156,33 @@ def available() -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means: not available
         return False
+
+
+@cache
+def geometry_exact(out_channels, per_group, kernel_h, kernel_w, height, width, stride, dilation, groups, dtype) -> bool:
+    """True when torch's unpadded float convolution of this geometry (input already padded) equals
+    ``reference_conv`` on random integers and on the extremes of a sum just below float32's bound."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    shape = (out_channels, per_group, kernel_h, kernel_w)
+    x_shape = (2, per_group * groups, height, width)
+    top = max(1, min(127, (FLOAT32_EXACT - 1) // (255 * math.prod(shape[1:]))))
+    cases = (
+        (rng.integers(-top, top + 1, shape), rng.integers(-255, 256, x_shape)),
+        (np.full(shape, top), np.full(x_shape, 255)),
+        (np.where(rng.random(shape) < 0.5, -top, top), rng.choice([-255, 255], x_shape)),
+    )
+    with exact_float_convolution():
+        for weight, x in cases:
+            expected = reference_conv(x, weight, 0, stride, (0,) * 4, dilation)
+            got = torch.nn.functional.conv2d(
+                torch.from_numpy(x.astype(dtype)).contiguous(memory_format=torch.channels_last),
+                torch.from_numpy(weight.astype(dtype)).contiguous(memory_format=torch.channels_last),
+                stride=stride,
+                dilation=dilation,
+                groups=groups,
+            )
+            if not np.array_equal(got.permute(0, 2, 3, 1).numpy(), expected):
+                return False
+    return True

@@ -6,6 +6,12 @@ which is exact while every |accumulator| stays below 2**24: the engine proves th
 weights before it picks this path. Activations of any type spanning at most 256 values are moved
 into uint8 by a constant offset (added to the zero point too, so the centred values are unchanged).
 
+oneDNN's own padding is only used where every output window reads at least one real pixel: with a
+nonzero source zero point and one input channel per group, it leaves outputs whose window lies
+wholly in the padding unwritten (stale memory; found by hwsim's differential tests, torch 2.13).
+Such layers, and asymmetric padding, are padded here (borders hold the zero point) and oneDNN gets
+padding 0. Each layer geometry is probed once at plan time (cached) against a numpy reference.
+
 The ops are torch's ``torch.ops.onednn`` entry points (the ones its x86 int8 inference uses). They
 are probed once per process on adversarial convolutions (all-extreme values, which would expose
 any 16-bit saturating multiply-add path) against a numpy reference; where torch lacks them or a
@@ -14,6 +20,7 @@ probe differs, ``available()`` is False and hwsim takes its next path (``hwsim.f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,18 +44,22 @@ class Int8Conv:
     offset: int  # stored activation + offset = the uint8 that oneDNN reads
     zero_point: int  # the uint8 activation that means 0 (padding reads it)
     stride: list[int]
-    padding: list[int]
+    padding: list[int]  # oneDNN's symmetric padding (height, width)
     dilation: list[int]
     groups: int
     unit_scales: object = None  # torch.Tensor [O] of ones (made once)
     zero_points: object = None  # torch.Tensor [O] of zeros
+    explicit_padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right, written here
+    _padded: np.ndarray | None = None  # the padded uint8 input, reused while the batch shape stays
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x: logical [N, C, H, W] integers (any layout) -> accumulators float32 [N, OH, OW, O] (NHWC)."""
         import torch
 
         channels_last = x.transpose(0, 2, 3, 1)
-        if x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous:
+        if any(self.explicit_padding):
+            u8 = self._pad(channels_last)
+        elif x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous:
             u8 = channels_last
         else:
             u8 = layout.channels_last_uint8(x, self.offset)
@@ -72,6 +83,29 @@ class Int8Conv:
             "",
         )
         return out.permute(0, 2, 3, 1).numpy()
+
+    def _pad(self, channels_last: np.ndarray) -> np.ndarray:
+        """The uint8 input [N, H', W', C] with its borders at the zero point (borders written once)."""
+        batch, height, width, channels = channels_last.shape
+        top, left, bottom, right = self.explicit_padding
+        shape = (batch, height + top + bottom, width + left + right, channels)
+        if self._padded is None or self._padded.shape != shape:
+            self._padded = np.full(shape, self.zero_point, dtype=np.uint8)
+        inner = self._padded[:, top : top + height, left : left + width]
+        np.add(channels_last, np.int32(self.offset), out=inner, casting="unsafe")
+        return self._padded
+
+
+def output_size(size: int, kernel: int, stride: int, before: int, after: int, dilation: int) -> int:
+    """Output length of one convolution axis."""
+    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def has_padding_only_window(size, kernel, stride, before, after, dilation) -> bool:
+    """True when some output window of one axis reads only padding (every tap outside [0, size))."""
+    outputs = output_size(size, kernel, stride, before, after, dilation)
+    taps = np.arange(outputs)[:, None] * stride - before + np.arange(kernel)[None, :] * dilation
+    return bool(((taps < 0) | (taps >= size)).all(axis=1).any())
 
 
 @contextmanager
@@ -99,13 +133,12 @@ def plan_int8_conv(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
     groups: int,
+    size: tuple[int, int],
 ) -> Int8Conv | None:
     """An Int8Conv for integer weights [O, C/g, kh, kw] and stored activations in [x_min, x_max]
-    (zero point ``zero_point``), or None when the layer does not fit int8 or exactness is not proven."""
+    (zero point ``zero_point``) of spatial ``size``, or None when the layer does not fit int8, exactness
+    is not proven, or oneDNN fails the probe of this layer geometry."""
     if not available():
-        return None
-    top, left, bottom, right = padding
-    if top != bottom or left != right:
         return None
     if x_max - x_min >= UINT8_VALUES or weight.min(initial=0) < -128 or weight.max(initial=0) > 127:
         return None
@@ -116,22 +149,64 @@ def plan_int8_conv(
     centred = max(abs(x_min - zero_point), abs(x_max - zero_point))
     if magnitude * centred >= FLOAT32_EXACT or magnitude * (UINT8_VALUES - 1) >= INT32_LIMIT:
         return None
-    return _prepare(weight, offset, zero_point + offset, stride, (top, left), dilation, groups)
+    out_channels, per_group, kernel_h, kernel_w = weight.shape
+    geometry = Geometry(
+        out_channels, per_group, kernel_h, kernel_w, *size, tuple(stride), tuple(padding), tuple(dilation), groups
+    )
+    if min(geometry.output_shape()) < 1 or not geometry_exact(geometry, zero_point + offset):
+        return None
+    return _prepare(weight, offset, zero_point + offset, geometry)
 
 
-def _prepare(weight, offset, zero_point, stride, padding, dilation, groups) -> Int8Conv:
+@dataclass(frozen=True)
+class Geometry:
+    """Everything about a convolution layer but its values: the key of the per-geometry probe."""
+
+    out_channels: int
+    per_group: int  # input channels per group
+    kernel_h: int
+    kernel_w: int
+    height: int
+    width: int
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+    groups: int
+
+    def output_shape(self) -> tuple[int, int]:
+        top, left, bottom, right = self.padding
+        return (
+            output_size(self.height, self.kernel_h, self.stride[0], top, bottom, self.dilation[0]),
+            output_size(self.width, self.kernel_w, self.stride[1], left, right, self.dilation[1]),
+        )
+
+    def explicit_padding(self) -> bool:
+        """Pad in hwsim (not in oneDNN): asymmetric padding, or some window reads only padding."""
+        top, left, bottom, right = self.padding
+        return (
+            top != bottom
+            or left != right
+            or has_padding_only_window(self.height, self.kernel_h, self.stride[0], top, bottom, self.dilation[0])
+            or has_padding_only_window(self.width, self.kernel_w, self.stride[1], left, right, self.dilation[1])
+        )
+
+
+def _prepare(weight: np.ndarray, offset: int, zero_point: int, geometry: Geometry) -> Int8Conv:
     import torch
 
     channels = weight.shape[0]
+    top, left, _, _ = geometry.padding
+    explicit = geometry.padding if geometry.explicit_padding() else (0, 0, 0, 0)
+    onednn_padding = [0, 0] if any(explicit) else [top, left]
     packed = torch.ops.onednn.qconv_prepack(
         torch.from_numpy(np.ascontiguousarray(weight, dtype=np.int8)),
         torch.ones(channels, dtype=torch.float32),
         1.0,
         zero_point,
-        list(stride),
-        list(padding),
-        list(dilation),
-        groups,
+        list(geometry.stride),
+        onednn_padding,
+        list(geometry.dilation),
+        geometry.groups,
         None,
     )
     return Int8Conv(
@@ -139,24 +214,27 @@ def _prepare(weight, offset, zero_point, stride, padding, dilation, groups) -> I
         channels,
         offset,
         zero_point,
-        list(stride),
-        list(padding),
-        list(dilation),
-        groups,
+        list(geometry.stride),
+        onednn_padding,
+        list(geometry.dilation),
+        geometry.groups,
         torch.ones(channels, dtype=torch.float32),
         torch.zeros(channels, dtype=torch.int64),
+        explicit,
     )
 
 
-def reference_conv(x: np.ndarray, weight: np.ndarray, zero_point: int, stride, padding, dilation, groups) -> np.ndarray:
-    """Plain numpy: sum over (c, u, v) of (x - zero_point) * w, zero padding; -> int64 [N, OH, OW, O]."""
+def reference_conv(x: np.ndarray, weight: np.ndarray, zero_point: int, stride, padding, dilation) -> np.ndarray:
+    """Plain numpy: sum over (c, u, v) of (x - zero_point) * w, zero padding (top, left, bottom, right);
+    groups = channels / weight's channels; -> int64 [N, OH, OW, O]."""
     batch, channels, height, width = x.shape
     out_channels, per_group, kernel_h, kernel_w = weight.shape
-    centred = np.pad(x.astype(np.int64) - zero_point, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
-    out_h = (height + 2 * padding[0] - dilation[0] * (kernel_h - 1) - 1) // stride[0] + 1
-    out_w = (width + 2 * padding[1] - dilation[1] * (kernel_w - 1) - 1) // stride[1] + 1
+    top, left, bottom, right = padding
+    centred = np.pad(x.astype(np.int64) - zero_point, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_h = output_size(height, kernel_h, stride[0], top, bottom, dilation[0])
+    out_w = output_size(width, kernel_w, stride[1], left, right, dilation[1])
     out = np.zeros((batch, out_h, out_w, out_channels), dtype=np.int64)
-    rows_per_group = out_channels // groups
+    rows_per_group = out_channels // (channels // per_group)
     for o in range(out_channels):
         group = o // rows_per_group
         for u in range(kernel_h):
@@ -172,37 +250,62 @@ def reference_conv(x: np.ndarray, weight: np.ndarray, zero_point: int, stride, p
     return out
 
 
-PROBES = (  # (batch, channels, size, out channels, kernel, stride, groups); every |sum| < 2**24
-    (2, 3, 9, 5, 3, 1, 1),
-    (2, 16, 8, 16, 3, 2, 1),
-    (1, 32, 4, 64, 3, 1, 1),
-    (2, 32, 5, 48, 1, 1, 1),
-    (2, 24, 6, 24, 3, 1, 24),
+PROBE_BATCH = 2
+PROBES = (  # (out channels, channels per group, kernel, size, stride, padding, dilation, groups, zero point)
+    (5, 3, 3, 9, 1, 1, 1, 1, 3),
+    (16, 16, 3, 8, 2, 1, 1, 1, 128),
+    (64, 32, 3, 4, 1, 1, 1, 1, 0),
+    (48, 32, 1, 5, 1, 0, 1, 1, 0),
+    (24, 1, 3, 6, 1, 1, 1, 24, 128),
+    (4, 1, 3, 4, 1, 3, 1, 1, 200),  # padding >= kernel, one input channel: a window wholly in padding
+    (16, 1, 3, 4, 2, 4, 1, 8, 128),  # depthwise, 2 outputs per group, padding > kernel
+    (8, 4, 3, 7, 1, 2, 2, 2, 5),  # dilation, groups
+    (6, 3, 2, 7, 3, 1, 1, 1, 17),  # stride > kernel
 )
 
 
 @cache
+def geometry_exact(geometry: Geometry, zero_point: int) -> bool:
+    """True when oneDNN (as this module drives it) equals ``reference_conv`` on this geometry: random and
+    all-extreme int8 weights and uint8 activations, each run into freshly dirtied memory (an output
+    oneDNN leaves unwritten then shows)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    shape = (geometry.out_channels, geometry.per_group, geometry.kernel_h, geometry.kernel_w)
+    x_shape = (PROBE_BATCH, geometry.per_group * geometry.groups, geometry.height, geometry.width)
+    out_shape = (PROBE_BATCH, *geometry.output_shape(), geometry.out_channels)
+    top = min(127, (FLOAT32_EXACT - 1) // ((UINT8_VALUES - 1) * math.prod(shape[1:])))  # every sum stays exact
+    cases = (
+        (rng.integers(-top, top + 1, shape), rng.integers(0, 256, x_shape)),
+        (np.full(shape, -top), np.full(x_shape, 255)),
+        (np.full(shape, top), np.where(rng.random(x_shape) < 0.5, 0, 255)),
+        (np.where(rng.random(shape) < 0.5, -top, top), rng.choice([0, 255], x_shape)),
+    )
+    for case, (weight, x) in enumerate(cases):
+        expected = reference_conv(x, weight, zero_point, geometry.stride, geometry.padding, geometry.dilation)
+        conv = _prepare(weight, 0, zero_point, geometry)
+        dirty = torch.full(out_shape, float(case * 7919 + 1))
+        del dirty  # its memory is likely the next output's
+        got = conv(x.astype(np.uint8))
+        if got.shape != expected.shape or not np.array_equal(got, expected):
+            return False
+    return True
+
+
+@cache
 def available() -> bool:
-    """True when torch's oneDNN int8 convolution runs here and matches numpy on every probe."""
+    """True when torch's oneDNN int8 convolution runs here and matches numpy on every probe geometry."""
     try:
         import torch
 
         torch.ops.onednn.qconv_prepack  # noqa: B018 - raises when the build lacks the op
-        rng = np.random.default_rng(0)
-        for batch, channels, size, out_channels, kernel, stride, groups in PROBES:
-            shape = (out_channels, channels // groups, kernel, kernel)
-            for weight, x, zero_point in (
-                (rng.integers(-128, 128, shape), rng.integers(0, 256, (batch, channels, size, size)), 3),
-                (np.full(shape, -128), np.full((batch, channels, size, size), 255), 0),
-                (np.full(shape, 127), np.full((batch, channels, size, size), 255), 0),
-                (np.where(rng.random(shape) < 0.5, -128, 127), rng.choice([0, 255], (batch, channels, size, size)), 0),
-            ):
-                pad = kernel // 2
-                conv = _prepare(weight, 0, zero_point, (stride, stride), (pad, pad), (1, 1), groups)
-                got = conv(x.astype(np.uint8))
-                expected = reference_conv(x, weight, zero_point, (stride, stride), (pad, pad), (1, 1), groups)
-                if got.shape != expected.shape or not np.array_equal(got.astype(np.int64), expected):
-                    return False
+        for out_channels, per_group, kernel, size, stride, pad, dilation, groups, zero_point in PROBES:
+            geometry = Geometry(
+                out_channels, per_group, kernel, kernel, size, size, (stride,) * 2, (pad,) * 4, (dilation,) * 2, groups
+            )
+            if not geometry_exact(geometry, zero_point):
+                return False
         return True
     except Exception:  # noqa: BLE001 - any failure (missing op, unsupported CPU) means: not available
         return False

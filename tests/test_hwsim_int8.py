@@ -31,13 +31,20 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 @st.composite
 def conv_cases(draw):
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    """Small layers of every geometry class: groups (depthwise, one input channel per group), dilation,
+    strides past the kernel, asymmetric padding and padding past the kernel (windows wholly in padding),
+    signed and unsigned activations with any zero point."""
+    groups = draw(st.sampled_from([1, 1, 2, 3, 8]))
     channels = groups * draw(st.integers(1, 4))
     out_channels = groups * draw(st.integers(1, 4))
     kernel = draw(st.integers(1, 3))
-    dilation = draw(st.integers(1, 2))
-    padding = draw(st.integers(0, (kernel - 1) * dilation))
-    size = draw(st.integers((kernel - 1) * dilation + 1, 7))
+    dilation = draw(st.integers(1, 3))
+    extent = (kernel - 1) * dilation + 1
+    padding = tuple(draw(st.lists(st.integers(0, extent + 1), min_size=4, max_size=4)))
+    if draw(st.booleans()):
+        padding = (padding[0], padding[1], padding[0], padding[1])
+    size = draw(st.integers(1, 7))
+    assume(size + padding[0] + padding[2] >= extent and size + padding[1] + padding[3] >= extent)
     dtype, zero_point = draw(quantized_types(1, 8))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -47,8 +54,22 @@ def conv_cases(draw):
     if draw(st.booleans()):  # the extremes, where a saturating 16-bit multiply-add would show
         weight = np.where(weight < 0, low, high)
         x = np.where(x > zero_point, dtype.max, dtype.min)
-    stride = draw(st.integers(1, 2))
+    stride = draw(st.integers(1, 4))
     return x, weight, dtype, zero_point, stride, padding, dilation, groups
+
+
+def torch_reference(x, weight, zero_point, stride, padding, dilation, groups) -> np.ndarray:
+    """float64 torch convolution of the centred input, padded explicitly with zeros -> int64 NHWC."""
+    top, left, bottom, right = padding
+    padded = np.pad(x.astype(np.int64) - zero_point, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(padded).double(),
+        torch.from_numpy(weight).double(),
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+    )
+    return expected.permute(0, 2, 3, 1).numpy().astype(np.int64)
 
 
 @needs_onednn
@@ -57,19 +78,39 @@ def conv_cases(draw):
 def test_int8_convolution_equals_float64_convolution(case) -> None:
     x, weight, dtype, zero_point, stride, padding, dilation, groups = case
     conv = int8_conv.plan_int8_conv(
-        weight, dtype.min, dtype.max, zero_point, (stride,) * 2, (padding,) * 4, (dilation,) * 2, groups
+        weight, dtype.min, dtype.max, zero_point, (stride,) * 2, padding, (dilation,) * 2, groups, x.shape[2:]
     )
-    assert conv is not None  # these layers are small: always provably exact
-    expected = torch.nn.functional.conv2d(
-        torch.from_numpy(x - zero_point).double(),
-        torch.from_numpy(weight).double(),
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-    )
-    got = conv(x.astype(np.int64))
-    np.testing.assert_array_equal(got.astype(np.int64), expected.permute(0, 2, 3, 1).numpy().astype(np.int64))
+    assert conv is not None  # these layers are small: always provably exact, and every geometry passes its probe
+    expected = torch_reference(x, weight, zero_point, stride, padding, dilation, groups)
+    np.testing.assert_array_equal(conv(x.astype(np.int64)).astype(np.int64), expected)
+    reference = int8_conv.reference_conv(x, weight, zero_point, (stride,) * 2, padding, (dilation,) * 2)
+    np.testing.assert_array_equal(reference, expected)  # the probes' numpy reference agrees too
+
+
+@needs_onednn
+def test_windows_wholly_in_padding_read_the_zero_point() -> None:
+    """The case oneDNN gets wrong on its own (one input channel per group, nonzero source zero point,
+    padding past the kernel): outputs over padding only are 0, not stale memory."""
+    rng = np.random.default_rng(0)
+    for groups, out_channels in ((1, 1), (1, 4), (8, 16), (2, 4)):
+        weight = rng.integers(-128, 128, (out_channels, 1, 3, 3))
+        for zero_point in (-128, -3, 5):
+            x = rng.integers(-128, 128, (2, groups, 4, 4))
+            conv = int8_conv.plan_int8_conv(weight, -128, 127, zero_point, (1, 1), (3,) * 4, (1, 1), groups, (4, 4))
+            assert conv is not None and conv.explicit_padding == (3,) * 4 and conv.padding == [0, 0]
+            for _ in range(3):  # again and again, into whatever memory torch hands out
+                got = conv(x).astype(np.int64)
+                np.testing.assert_array_equal(got, torch_reference(x, weight, zero_point, 1, (3,) * 4, 1, groups))
+                assert not got[:, 0].any() and not got[:, :, -1].any()  # rows/columns over padding only
+
+
+@needs_onednn
+def test_geometry_probe_catches_what_onednn_padding_gets_wrong(monkeypatch) -> None:
+    """Without hwsim's explicit padding, the per-geometry probe sees oneDNN's unwritten outputs."""
+    monkeypatch.setattr(int8_conv.Geometry, "explicit_padding", lambda self: False)
+    geometry = int8_conv.Geometry(16, 1, 3, 3, 4, 4, (1, 1), (3,) * 4, (1, 1), 8)
+    assert not int8_conv.geometry_exact.__wrapped__(geometry, 128 + 5)
+    assert int8_conv.geometry_exact.__wrapped__(geometry, 0)  # zero point 0 has no such outputs
 
 
 needs_float_conv = pytest.mark.skipif(
@@ -79,9 +120,9 @@ needs_float_conv = pytest.mark.skipif(
 
 @needs_float_conv
 @SETTINGS
-@given(case=conv_cases(), terms=st.integers(1, 3), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4))
-def test_float_convolution_of_stacked_terms_equals_integer_convolution(case, terms, pads) -> None:
-    x, weight, dtype, zero_point, stride, _, dilation, groups = case
+@given(case=conv_cases(), terms=st.integers(1, 3))
+def test_float_convolution_of_stacked_terms_equals_integer_convolution(case, terms) -> None:
+    x, weight, dtype, zero_point, stride, pads, dilation, groups = case
     assume(terms == 1 or groups == 1)
     rng = np.random.default_rng(int(weight.sum()) % 2**32)
     values = np.arange(dtype.min, dtype.max + 1)
@@ -92,11 +133,6 @@ def test_float_convolution_of_stacked_terms_equals_integer_convolution(case, ter
         rng.integers(-3, 4, size=(weight.shape[0], weight[0].size)) for _ in range(terms - 1)
     ]
     top, left, bottom, right = pads
-    kernel = weight.shape[2]
-    assume(
-        x.shape[2] + top + bottom >= (kernel - 1) * dilation + 1
-        and x.shape[3] + left + right >= (kernel - 1) * dilation + 1
-    )
     planned = float_conv.plan_float_conv(
         list(zip(tables, coeffs, strict=True)),
         weight.shape,
@@ -106,6 +142,7 @@ def test_float_convolution_of_stacked_terms_equals_integer_convolution(case, ter
         pads,
         (dilation,) * 2,
         groups,
+        x.shape[2:],
     )
     assert planned is not None
     conv, bound = planned
@@ -127,10 +164,10 @@ def test_float_convolution_of_stacked_terms_equals_integer_convolution(case, ter
 
 def test_int8_convolution_refuses_what_it_cannot_do_exactly() -> None:
     weight = np.ones((2, 2, 3, 3), dtype=np.int64)
-    args = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), 1, (6, 6))
     assert int8_conv.plan_int8_conv(weight * 200, 0, 255, 0, *args) is None  # weights past int8
     assert int8_conv.plan_int8_conv(weight, 0, 511, 0, *args) is None  # activations span 512 values
-    assert int8_conv.plan_int8_conv(weight, 0, 255, 0, (1, 1), (1, 0, 1, 1), (1, 1), 1) is None  # asymmetric pad
+    assert int8_conv.plan_int8_conv(weight, -128, 127, 200, *args) is None  # zero point outside uint8 when shifted
     wide = np.full((1, 512, 3, 3), 127)
     assert int8_conv.plan_int8_conv(wide, 0, 255, 0, *args) is None  # 4608 * 127 * 255 >= 2**24
 
