@@ -49,12 +49,16 @@ def test_resnet20_every_bit_width_is_exact_with_pow2(bits: int) -> None:
 
 
 @pytest.mark.parametrize("name", ["digits_cnn", "resnet20", "mobilenetv2"])
-@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_default_export_runs_with_default_onnxruntime_optimizations(name: str, bits: int) -> None:
-    """Low-bit exports must load in a default session (onnxruntime fuses QDQ there); pow2 keeps them exact."""
+    """Exports must load in a default session (onnxruntime fuses QDQ there, into QLinearConv at 8 bits);
+    pow2 keeps them exact, and the default native bits never produce INT2."""
     _, graph, calibration = zoo_graph(name, QuantConfig(weight_bits=bits, act_bits=bits, pow2_scales=True))
     inputs = synthetic_images(tuple(calibration.shape[1:]), 4, seed=5)
-    session = onnxruntime_session(export_onnx(graph), optimize=True)
+    model = export_onnx(graph)
+    two_bit = {TensorProto.INT2, TensorProto.UINT2}
+    assert not any(t.data_type in two_bit for t in model.graph.initializer)
+    session = onnxruntime_session(model, optimize=True)
     outputs = session.run(None, {session.get_inputs()[0].name: inputs})[0]
     np.testing.assert_array_equal(outputs, run_float(graph, {graph.inputs[0]: inputs})[graph.outputs[0]])
 
