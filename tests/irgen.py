@@ -420,3 +420,163 @@ def chain_graphs(draw, conv_format: str | None = None, linear_format: str | None
     )
     graph.outputs.append(y)
     return graph
+
+
+# ---------------------------------------------------------------------------------------------
+# random CNN graphs for the differential tests (every convolution geometry class)
+
+GROUPINGS = ("dense", "grouped", "depthwise")
+PADDINGS = ("within_kernel", "past_kernel", "asymmetric")
+
+
+def _out_size(size: int, kernel: int, stride: int, before: int, after: int, dilation: int) -> int:
+    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@st.composite
+def conv_geometry(draw, channels: int, height: int, width: int) -> dict:
+    """Convolution attributes for an input [*, channels, height, width], each geometry class drawn on its
+    own: grouping (dense, grouped, depthwise with 1-2 outputs per channel), padding (within the kernel,
+    past it: windows wholly in padding, asymmetric), dilation 1-3, stride 1 or past the kernel.
+    Returns kernel, stride, padding (top, left, bottom, right), dilation, groups, out_channels, out."""
+    kernel = draw(st.integers(1, 3))
+    dilation = draw(st.sampled_from([1, 1, 2, 3]))
+    stride = draw(st.sampled_from([1, 1, 2, kernel + 1, kernel + 2]))
+    grouping = draw(st.sampled_from(GROUPINGS))
+    if grouping == "dense":
+        groups, out_channels = 1, draw(st.integers(1, 4))
+    else:
+        divisors = [g for g in range(1, channels + 1) if channels % g == 0]
+        groups = channels if grouping == "depthwise" else draw(st.sampled_from(divisors))
+        out_channels = groups * draw(st.integers(1, 2 if grouping == "depthwise" else 3))
+    extent = (kernel - 1) * dilation + 1
+    padding_class = draw(st.sampled_from(PADDINGS))
+    if padding_class == "asymmetric":
+        padding = draw(st.lists(st.integers(0, extent + 1), min_size=4, max_size=4))
+    else:
+        low, high = (extent, extent + 2) if padding_class == "past_kernel" else (0, extent - 1)
+        padding = [draw(st.integers(low, high))] * 4
+    oh = _out_size(height, kernel, stride, padding[0], padding[2], dilation)
+    ow = _out_size(width, kernel, stride, padding[1], padding[3], dilation)
+    if oh < 1 or ow < 1:  # too small for this window: fall back to a plain 1x1
+        kernel, stride, dilation, padding, oh, ow = 1, 1, 1, [0, 0, 0, 0], height, width
+    return dict(
+        kernel=kernel,
+        stride=[stride, stride],
+        padding=list(padding),
+        dilation=[dilation, dilation],
+        groups=groups,
+        out_channels=out_channels,
+        out=(oh, ow),
+    )
+
+
+@st.composite
+def cnn_graphs(draw, formats: tuple[str, ...] = FORMAT_NAMES, pow2: bool | None = None) -> Graph:
+    """A random small CNN: 1-3 blocks of conv (any geometry class and weight format) -> requantize
+    [-> relu] [-> residual conv -> requantize -> add -> requantize] [-> pool], then global average pool
+    or flatten, linear, requantize. Activations are signed or unsigned with any zero point; ``pow2``
+    (drawn when None) makes every requantization a pure shift (power-of-two scales)."""
+    counter = iter(range(1000))
+    pow2 = draw(st.booleans()) if pow2 is None else pow2
+    graph = Graph("cnn", [], [], {}, [], {}, {})
+
+    def add(op: Op, inputs: list[str], dtype: IntType, shape, quant: QuantInfo | None, **attrs) -> str:
+        out = f"t{next(counter)}"
+        graph.tensors[out] = TensorInfo(out, dtype, tuple(shape), quant)
+        graph.nodes.append(Node(op, f"n{next(counter)}", list(inputs), [out], attrs))
+        return out
+
+    def requantize(acc: str, channels: int, shape, dtype: IntType, quant: QuantInfo) -> str:
+        if pow2:
+            mult, shift = [1], [draw(st.integers(0, 10))]
+        else:
+            mult, shift = draw(requant_params(channels))
+        return add(
+            Op.REQUANTIZE,
+            [acc],
+            dtype,
+            shape,
+            quant,
+            multiplier=mult,
+            shift=shift,
+            clip_min=dtype.min,
+            clip_max=dtype.max,
+        )
+
+    def conv(x: str, channels: int, h: int, w: int, geometry: dict) -> tuple[str, int, int, int]:
+        c_out, (oh, ow) = geometry["out_channels"], geometry["out"]
+        k, groups = geometry["kernel"], geometry["groups"]
+        name = f"w{next(counter)}"
+        graph.weights[name] = draw(
+            weights(draw(st.sampled_from(formats)), (c_out, channels // groups, k, k), name, True)
+        )
+        bias = None
+        if draw(st.booleans()):
+            bias = f"b{next(counter)}"
+            graph.weights[bias] = bias_weight(draw, bias, c_out)
+        attrs = {key: geometry[key] for key in ("stride", "padding", "dilation", "groups")}
+        acc = add(
+            Op.CONV2D, [x], INT32, (-1, c_out, oh, ow), QuantInfo([1.0] * c_out, 0), weight=name, bias=bias, **attrs
+        )
+        return acc, c_out, oh, ow
+
+    channels, h, w = draw(st.integers(1, 4)), draw(st.integers(2, 8)), draw(st.integers(2, 8))
+    x_dtype, x_zp = draw(quantized_types(2, 8))
+    x = "input"
+    graph.tensors[x] = TensorInfo(x, x_dtype, (-1, channels, h, w), QuantInfo(draw(float32_scales()), x_zp))
+    graph.inputs.append(x)
+    for _ in range(draw(st.integers(1, 3))):
+        acc, channels, h, w = conv(x, channels, h, w, draw(conv_geometry(channels, h, w)))
+        dtype, zp = draw(quantized_types(2, 8))
+        quant = QuantInfo(draw(float32_scales()), zp)
+        x = requantize(acc, channels, (-1, channels, h, w), dtype, quant)
+        if draw(st.booleans()):
+            x = add(Op.RELU, [x], dtype, (-1, channels, h, w), quant)
+        if draw(st.booleans()):  # residual: a shape-preserving convolution added to its input
+            k = draw(st.sampled_from([1, 3]))
+            same = dict(kernel=k, stride=[1, 1], padding=[k // 2] * 4, dilation=[1, 1], groups=1)
+            if draw(st.booleans()):
+                same["groups"] = channels
+            same.update(out_channels=channels, out=(h, w))
+            racc, _, _, _ = conv(x, channels, h, w, same)
+            branch = requantize(racc, channels, (-1, channels, h, w), dtype, quant)
+            summed = add(
+                Op.ADD,
+                [x, branch],
+                INT32,
+                (-1, channels, h, w),
+                QuantInfo(1.0, 0),
+                lhs_multiplier=draw(st.integers(1, 4)),
+                rhs_multiplier=draw(st.integers(1, 4)),
+            )
+            x = requantize(summed, channels, (-1, channels, h, w), dtype, quant)
+        pool = draw(st.sampled_from(["none", "none", "maxpool", "avgpool"]))
+        if pool != "none" and min(h, w) >= 2:
+            pk = 2
+            pad = draw(st.integers(0, 1))
+            h, w = (h + 2 * pad - pk) // pk + 1, (w + 2 * pad - pk) // pk + 1
+            extra = {"count_include_pad": draw(st.booleans())} if pool == "avgpool" else {}
+            x = add(
+                Op(pool),
+                [x],
+                dtype,
+                (-1, channels, h, w),
+                quant,
+                kernel=[pk] * 2,
+                stride=[pk] * 2,
+                padding=[pad] * 4,
+                **extra,
+            )
+    if draw(st.booleans()):
+        x = add(Op.GLOBAL_AVGPOOL, [x], dtype, (-1, channels, 1, 1), quant)
+        h = w = 1
+    features = channels * h * w
+    x = add(Op.FLATTEN, [x], dtype, (-1, features), quant)
+    n_out = draw(st.integers(1, 4))
+    name = f"w{next(counter)}"
+    graph.weights[name] = draw(weights(draw(st.sampled_from(formats)), (n_out, features), name, True))
+    acc = add(Op.LINEAR, [x], INT32, (-1, n_out), QuantInfo(1.0, 0), weight=name, bias=None)
+    out_dtype, out_zp = draw(quantized_types(4, 8))
+    graph.outputs.append(requantize(acc, n_out, (-1, n_out), out_dtype, QuantInfo(draw(float32_scales()), out_zp)))
+    return graph
