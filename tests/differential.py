@@ -38,13 +38,15 @@ def hwsim_modes(graph: Graph) -> tuple[tuple[str, dict], ...]:
     return HWSIM_MODES + (PER_LEVEL_MODES if codebook else ())
 
 
-def hwsim_mismatches(graph: Graph, feeds: list[dict[str, np.ndarray]]) -> dict[str, str | None]:
+def hwsim_mismatches(
+    graph: Graph, feeds: list[dict[str, np.ndarray]], threads: int | None = None
+) -> dict[str, str | None]:
     """check name -> None when hwsim equals the IR reference bit for bit on every feed, else what differed.
     One engine runs all feeds in turn, as a user's would (reused buffers, memory freed between runs)."""
     expected = [run_graph(graph, feed) for feed in feeds]
     results = {}
     for name, kwargs in hwsim_modes(graph):
-        engine = Engine(graph, **kwargs)
+        engine = Engine(graph, threads=threads, **kwargs)
         results[name] = None
         for feed, reference in zip(feeds, expected, strict=True):
             got, _ = engine.run(feed)
