@@ -70,7 +70,7 @@ class Arena:
 
 
 def plan_arena(graph: Graph) -> Arena:
-    """First-fit placement of every tensor by lifetime [producer, last consumer] (inputs from -1, outputs to the end)."""
+    """First-fit placement of every tensor by lifetime [producer, last consumer] (inputs -1, outputs to the end)."""
     end = len(graph.nodes)
     start = {name: -1 for name in graph.inputs}
     last = {name: -1 for name in graph.inputs}
