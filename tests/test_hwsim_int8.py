@@ -104,13 +104,22 @@ def test_windows_wholly_in_padding_read_the_zero_point() -> None:
                 assert not got[:, 0].any() and not got[:, :, -1].any()  # rows/columns over padding only
 
 
-@needs_onednn
-def test_geometry_probe_catches_what_onednn_padding_gets_wrong(monkeypatch) -> None:
-    """Without hwsim's explicit padding, the per-geometry probe sees oneDNN's unwritten outputs."""
-    monkeypatch.setattr(int8_conv.Geometry, "explicit_padding", lambda self: False)
-    geometry = int8_conv.Geometry(16, 1, 3, 3, 4, 4, (1, 1), (3,) * 4, (1, 1), 8)
-    assert not int8_conv.geometry_exact.__wrapped__(geometry, 128 + 5)
-    assert int8_conv.geometry_exact.__wrapped__(geometry, 0)  # zero point 0 has no such outputs
+@given(
+    size=st.integers(1, 9),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 5),
+    before=st.integers(0, 8),
+    after=st.integers(0, 8),
+    dilation=st.integers(1, 4),
+)
+def test_padding_only_windows_are_found(size, kernel, stride, before, after, dilation) -> None:
+    """The planner's test for windows wholly in padding, against enumerating every window's taps."""
+    outputs = int8_conv.output_size(size, kernel, stride, before, after, dilation)
+    assume(outputs >= 1)
+    padded = [False] * before + [True] * size + [False] * after
+    reads = [[padded[o * stride + u * dilation] for u in range(kernel)] for o in range(outputs)]
+    expected = any(not any(window) for window in reads)
+    assert int8_conv.has_padding_only_window(size, kernel, stride, before, after, dilation) == expected
 
 
 needs_float_conv = pytest.mark.skipif(
