@@ -107,7 +107,7 @@ def main(
         write_export(export, out_dir, force, step)
         progress.update(task, completed=5)
     console.print(
-        f"wrote {out_dir}/ ({', '.join(sorted(export.report['files']))}) in "
+        f"wrote {out_dir}/ ({', '.join(sorted({name.split('/')[0] for name in export.report['files']}))}) in "
         f"{export.report['lower_seconds'] + export.report['write_seconds']:.2f} s"
     )
     if result is not None:

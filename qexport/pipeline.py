@@ -15,6 +15,7 @@ import onnx
 from qexport import __version__
 from qexport.checkpoint import Checkpoint, load_checkpoint
 from qexport.errors import QExportError
+from qexport.export.c_code import write_c
 from qexport.export.onnx_qdq import export_onnx
 from qexport.frontend.lower import lower
 from qexport.ir.graph import Graph
@@ -24,6 +25,7 @@ from qexport.outputs import REPORT_FILE, export_directory, file_manifest
 from qexport.targets import Target
 
 Step = Callable[[str], None]
+BOARD_WRITERS: dict[str, Callable[[Graph, Path], list[Path]]] = {"c": write_c}  # "hls": issue 11, in progress
 
 
 def check_against_target(graph: Graph, target: Target) -> None:
@@ -66,6 +68,7 @@ class Export:
     graph: Graph
     model: onnx.ModelProto
     report: dict[str, Any]
+    board_code: tuple[str, ...] = ()  # the target's export.board_code: "c" (and later "hls")
 
 
 def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) -> Export:
@@ -98,7 +101,7 @@ def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) 
         "layers": layer_table(graph),
         "lower_seconds": round(time.perf_counter() - started, 3),
     }
-    return Export(checkpoint, graph, model, report)
+    return Export(checkpoint, graph, model, report, tuple(target.raw["export"].get("board_code", ())))
 
 
 def write_export(export: Export, out_dir: Path, force: bool = False, step: Step = lambda _: None) -> None:
@@ -113,6 +116,11 @@ def write_export(export: Export, out_dir: Path, force: bool = False, step: Step 
         onnx.save_model(export.model, str(staging / "model.onnx"))
         step("write layer spec")
         write_spec(export.graph, staging)
+        for code in export.board_code:
+            writer = BOARD_WRITERS.get(code)
+            if writer is not None:
+                step(f"write {code} board code")
+                writer(export.graph, staging)
         export.report["files"] = file_manifest(staging)
         export.report["write_seconds"] = round(time.perf_counter() - started, 3)
         (staging / REPORT_FILE).write_text(json.dumps(export.report, indent=1))
