@@ -104,6 +104,17 @@ def test_windows_wholly_in_padding_read_the_zero_point() -> None:
                 assert not got[:, 0].any() and not got[:, :, -1].any()  # rows/columns over padding only
 
 
+@needs_onednn
+def test_geometry_where_onednn_padding_crashes_is_padded_by_hwsim() -> None:
+    """5x5, dilation 2, stride 2, padding 7 on a 1x1 input: oneDNN's own padding segfaults here."""
+    rng = np.random.default_rng(1)
+    weight = rng.integers(-128, 128, (4, 1, 5, 5))
+    x = rng.integers(0, 256, (2, 1, 1, 1))
+    conv = int8_conv.plan_int8_conv(weight, 0, 255, 7, (2, 2), (7,) * 4, (2, 2), 1, (1, 1))
+    assert conv is not None and conv.padding == [0, 0]
+    np.testing.assert_array_equal(conv(x).astype(np.int64), torch_reference(x, weight, 7, 2, (7,) * 4, 2, 1))
+
+
 @given(
     size=st.integers(1, 9),
     kernel=st.integers(1, 4),
