@@ -94,6 +94,7 @@ void qx_conv2d(const qx_conv_t *p, const qx_act_t *x, qx_act_t *y, int32_t *code
 {
     int32_t cin_g = p->in_c / p->groups, cout_g = p->out_c / p->groups;
     int32_t o, i, j, c, u, v;
+    int linear = p->weight->format == QX_INT_AFFINE || p->weight->format == QX_CODEBOOK; /* plain multiplies */
     for (o = 0; o < p->out_c; ++o) {
         const qx_act_t *xg = x + (o / cout_g) * cin_g * p->in_h * p->in_w;
         qx_acc_t bias = p->bias ? (qx_acc_t)p->bias[o] : 0;
@@ -112,8 +113,9 @@ void qx_conv2d(const qx_conv_t *p, const qx_act_t *x, qx_act_t *y, int32_t *code
                             if (iw < 0 || iw >= p->in_w) {
                                 continue;
                             }
-                            acc += qx_product(p->weight, codes, (c * p->k_h + u) * p->k_w + v,
-                                              (qx_acc_t)xg[(c * p->in_h + ih) * p->in_w + iw] - p->x_zp);
+                            qx_acc_t xv = (qx_acc_t)xg[(c * p->in_h + ih) * p->in_w + iw] - p->x_zp;
+                            int32_t k = (c * p->k_h + u) * p->k_w + v;
+                            acc += linear ? xv * (qx_acc_t)codes[k] : qx_product(p->weight, codes, k, xv);
                         }
                     }
                 }
