@@ -247,16 +247,21 @@ def c_context(graph: Graph) -> dict:
 
 def write_c(graph: Graph, out_dir: Path) -> list[Path]:
     """Write the C library, model headers, example program and Makefile into ``out_dir/c``."""
-    context = c_context(graph)
-    target = Path(out_dir) / "c"
+    return render_into(Path(out_dir) / "c", "c", PLAIN_FILES, TEMPLATES, c_context(graph))
+
+
+def render_into(
+    target: Path, subdir: str, plain_files: tuple[str, ...] | list[str], templates: dict[str, str], context: dict
+) -> list[Path]:
+    """Copy ``subdir``'s plain files and render its templates with ``context`` into ``target``."""
     target.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in PLAIN_FILES:
+    for name in plain_files:
         path = target / name
-        path.write_bytes((templates_dir() / "c" / name).read_bytes())
+        path.write_bytes((templates_dir() / subdir / name).read_bytes())
         written.append(path)
-    env = environment("c")
-    for name, template in TEMPLATES.items():
+    env = environment(subdir)
+    for name, template in templates.items():
         path = target / name
         path.write_text(env.get_template(template).render(**context))
         written.append(path)

@@ -15,7 +15,7 @@ import numpy as np
 
 from qexport import __version__
 from qexport.errors import QExportError
-from qexport.export.c_code import c_context, environment, templates_dir
+from qexport.export.c_code import c_context, render_into
 from qexport.export.c_pack import partial_sum_bound
 from qexport.formats.base import per_channel
 from qexport.formats.post import product_table
@@ -180,17 +180,4 @@ def write_hls(graph: Graph, out_dir: Path) -> list[Path]:
     for name, info in graph.tensors.items():
         if info.dtype.bits > 32:
             raise QExportError(f"tensor {name!r}: {info.dtype.name} is wider than the HLS top's 32-bit ports")
-    context = hls_context(graph)
-    target = Path(out_dir) / "hls"
-    target.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in PLAIN_FILES:
-        path = target / name
-        path.write_bytes((templates_dir() / "hls" / name).read_bytes())
-        written.append(path)
-    env = environment("hls")
-    for name, template in TEMPLATES.items():
-        path = target / name
-        path.write_text(env.get_template(template).render(**context))
-        written.append(path)
-    return written
+    return render_into(Path(out_dir) / "hls", "hls", PLAIN_FILES, TEMPLATES, hls_context(graph))
