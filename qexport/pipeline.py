@@ -16,6 +16,7 @@ from qexport import __version__
 from qexport.checkpoint import Checkpoint, load_checkpoint
 from qexport.errors import QExportError
 from qexport.export.c_code import write_c
+from qexport.export.hls_code import write_hls
 from qexport.export.onnx_qdq import export_onnx
 from qexport.frontend.lower import lower
 from qexport.ir.graph import Graph
@@ -25,7 +26,7 @@ from qexport.outputs import REPORT_FILE, export_directory, file_manifest
 from qexport.targets import Target
 
 Step = Callable[[str], None]
-BOARD_WRITERS: dict[str, Callable[[Graph, Path], list[Path]]] = {"c": write_c}  # "hls": issue 11, in progress
+BOARD_WRITERS: dict[str, Callable[[Graph, Path], list[Path]]] = {"c": write_c, "hls": write_hls}
 
 
 def check_against_target(graph: Graph, target: Target) -> None:
@@ -68,7 +69,7 @@ class Export:
     graph: Graph
     model: onnx.ModelProto
     report: dict[str, Any]
-    board_code: tuple[str, ...] = ()  # the target's export.board_code: "c" (and later "hls")
+    board_code: tuple[str, ...] = ()  # the target's export.board_code: "c", "hls"
 
 
 def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) -> Export:

@@ -26,7 +26,8 @@ def test_export_with_verify_writes_every_file(digits_checkpoint: Path, tmp_path:
     out = tmp_path / "export"
     result = invoke(digits_checkpoint, "--target", "fpga", "-o", out, "--verify", "--samples", "64")
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["c", "layer_spec.json", "model.onnx", "report.json", "weights.bin"]
+    files = ["c", "hls", "layer_spec.json", "model.onnx", "report.json", "weights.bin"]
+    assert sorted(p.name for p in out.iterdir()) == files
     report = json.loads((out / "report.json").read_text())
     assert report["verification"]["ok"] and report["verification"]["samples"] == 64
     jsonschema.validate(json.loads((out / "layer_spec.json").read_text()), load_schema())

@@ -18,7 +18,7 @@ from qexport.cli import app
 from qexport.errors import CheckpointError
 from qexport.outputs import OutputError, export_directory, file_manifest
 
-EXPORT_FILES = ["c", "layer_spec.json", "model.onnx", "report.json", "weights.bin"]  # fpga and arm write C
+EXPORT_FILES = ["c", "hls", "layer_spec.json", "model.onnx", "report.json", "weights.bin"]  # fpga writes c/ and hls/
 
 
 def test_export_into_existing_empty_directory_and_current_directory(
