@@ -7,6 +7,8 @@ average pool rounds back onto its input's grid, exactly as the integer graph doe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,6 +58,16 @@ class _QuantWeighted(InputQuantRef):
         step = self.accumulator_step()
         return torch.clamp(round_ste(self.bias / step), INT32_MIN, INT32_MAX) * step
 
+    def biased_forward(self, layer: Callable[[torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
+        """``layer(bias)`` with the quantized bias; a per-sample input scale (ASQ) scales the whole
+        accumulator, bias included, as the integer graph does."""
+        bias, factor = self.quant_bias(), self.input_factor()
+        if factor is None or bias is None:
+            return layer(bias)
+        out = layer(None)
+        ones = (1,) * (out.dim() - 2)
+        return out + bias.reshape(1, -1, *ones) * factor.reshape(-1, 1, *ones)
+
     def bias_integers(self) -> torch.Tensor:
         with torch.no_grad():
             return torch.clamp(torch.round(self.bias / self.accumulator_step()), INT32_MIN, INT32_MAX)
@@ -71,8 +83,9 @@ class QConv2d(nn.Conv2d, _QuantWeighted):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        config = config or QuantConfig()
-        self.weight_quant = make_weight_quantizer(weight_method, weight_bits, self.out_channels, config)
+        self.weight_quant = make_weight_quantizer(
+            weight_method, weight_bits, self.out_channels, config or QuantConfig()
+        )
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, **quant_kwargs) -> QConv2d:
@@ -93,12 +106,8 @@ class QConv2d(nn.Conv2d, _QuantWeighted):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias, factor = self.quant_bias(), self.input_factor()
         args = (self.stride, self.padding, self.dilation, self.groups)
-        if factor is None or bias is None:
-            return F.conv2d(x, self.quant_weight(), bias, *args)
-        # a per-sample input scale scales the whole accumulator, bias included (as the integer graph does)
-        return F.conv2d(x, self.quant_weight(), None, *args) + bias.reshape(1, -1, 1, 1) * factor.reshape(-1, 1, 1, 1)
+        return self.biased_forward(lambda bias: F.conv2d(x, self.quant_weight(), bias, *args))
 
 
 class QLinear(nn.Linear, _QuantWeighted):
@@ -111,8 +120,9 @@ class QLinear(nn.Linear, _QuantWeighted):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        config = config or QuantConfig()
-        self.weight_quant = make_weight_quantizer(weight_method, weight_bits, self.out_features, config)
+        self.weight_quant = make_weight_quantizer(
+            weight_method, weight_bits, self.out_features, config or QuantConfig()
+        )
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **quant_kwargs) -> QLinear:
@@ -121,10 +131,7 @@ class QLinear(nn.Linear, _QuantWeighted):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias, factor = self.quant_bias(), self.input_factor()
-        if factor is None or bias is None:
-            return F.linear(x, self.quant_weight(), bias)
-        return F.linear(x, self.quant_weight()) + bias.reshape(1, -1) * factor.reshape(-1, 1)
+        return self.biased_forward(lambda bias: F.linear(x, self.quant_weight(), bias))
 
 
 class QAvgPool2d(nn.Module, InputQuantRef):
