@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from modelgen import zoo_graph
+from quant_checks import check_straight_through_gradients, check_zero_channel_stays_zero
 
 from hwsim.engine import Engine
 from qexport.data import synthetic_images
@@ -104,26 +104,12 @@ def test_ir_weight_round_trips(bits: int, pow2: bool, seed: int) -> None:
 def test_gradients_pass_inside_the_range_and_train_the_scale(pow2: bool) -> None:
     quantizer = ApotQuantizer(4, 2, pow2=pow2)
     quantizer.initialize(torch.full((2, 4), 1.5))  # scale = 1, clipping threshold alpha = 1.5
-    w = torch.tensor([[0.3, -1.2, 2.0, 1.5], [0.01, 0.0, -0.5, -1.45]], requires_grad=True)
-    out = quantizer(w)
-    out.sum().backward()
-    assert w.grad.tolist() == [[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]  # only 2.0 lies past alpha = 1.5
-    inside = (w.abs() <= 1.5).double()
-    expected = ((out.detach().double() - w.detach().double() * inside).sum(dim=1)) / math.sqrt(4.0)
-    if pow2:  # scale = 2^round(p): d scale / d p = scale ln 2 (straight through the round)
-        expected = expected * math.log(2.0)
-    torch.testing.assert_close(quantizer.alpha_param.grad.double(), expected, rtol=1e-6, atol=1e-7)
-    assert torch.all(quantizer.alpha_param.grad != 0)
+    w = torch.tensor([[0.3, -1.2, 2.0, 1.5], [0.01, 0.0, -0.5, -1.45]])  # only 2.0 lies past alpha
+    check_straight_through_gradients(quantizer, w, 1.5, pow2)
 
 
 def test_all_zero_channel_stays_zero() -> None:
-    quantizer = ApotQuantizer(3, 2)
-    w = torch.tensor([[0.0, 0.0, 0.0], [0.5, -0.25, 0.1]])
-    out = quantizer(w)
-    assert torch.equal(out[0], torch.zeros(3)) and quantizer.alpha()[0].item() == 1.0
-    weight = quantizer.to_ir_weight("w", w)
-    get_format("apot").check(weight)
-    assert weight.arrays["sign"][0].tolist() == [0, 0, 0]
+    check_zero_channel_stays_zero(ApotQuantizer(3, 2), "apot")
 
 
 def test_constant_channel_and_smallest_width_levels() -> None:

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from modelgen import zoo_graph
+from quant_checks import check_straight_through_gradients, check_zero_channel_stays_zero
 
 from hwsim.engine import Engine
 from hwsim.weights import sqrt2_lut
@@ -124,27 +125,12 @@ def test_lut_shapes_for_three_and_four_bits() -> None:
 def test_gradients_pass_inside_the_range_and_train_alpha(pow2: bool) -> None:
     quantizer = PostQuantizer(4, 2, pow2=pow2)
     quantizer.initialize(torch.ones(2, 4))  # alpha = 1
-    w = torch.tensor([[0.3, -0.7, 2.0, 1.0], [0.01, 0.0, -0.5, -0.95]], requires_grad=True)
-    out = quantizer(w)
-    out.sum().backward()
-    assert w.grad.tolist() == [[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]  # only 2.0 lies past alpha = 1
-    # d out / d alpha = level - w / alpha inside the range, level when clipped; LSQ scale 1 / sqrt(3)
-    inside = (w.abs() <= 1).double()
-    expected = ((out.detach().double() - w.detach().double() * inside).sum(dim=1)) / math.sqrt(4.0)
-    if pow2:  # alpha = 2^round(p): d alpha / d p = alpha ln 2 (straight through the round)
-        expected = expected * math.log(2.0)
-    torch.testing.assert_close(quantizer.alpha_param.grad.double(), expected, rtol=1e-6, atol=1e-7)
-    assert torch.all(quantizer.alpha_param.grad != 0)
+    w = torch.tensor([[0.3, -0.7, 2.0, 1.0], [0.01, 0.0, -0.5, -0.95]])  # only 2.0 lies past alpha
+    check_straight_through_gradients(quantizer, w, 1.0, pow2)
 
 
 def test_all_zero_channel_stays_zero_with_unit_alpha() -> None:
-    quantizer = PostQuantizer(3, 2)
-    w = torch.tensor([[0.0, 0.0, 0.0], [0.5, -0.25, 0.1]])
-    out = quantizer(w)
-    assert torch.equal(out[0], torch.zeros(3)) and quantizer.alpha()[0].item() == 1.0
-    weight = quantizer.to_ir_weight("w", w)
-    get_format("post").check(weight)
-    assert weight.arrays["sign"][0].tolist() == [0, 0, 0]
+    check_zero_channel_stays_zero(PostQuantizer(3, 2), "post")
 
 
 def test_constant_channel_is_reproduced_and_smallest_width_levels() -> None:
