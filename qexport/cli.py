@@ -30,13 +30,16 @@ def verification_table(result: Verification) -> Table:
     accuracy = "-" if result.reference_accuracy is None else f"{result.reference_accuracy:.2%}"
     table.add_row("IR reference", "100.00%", "0", "all", accuracy, "oracle")
     for path in result.paths:
+        if path.skipped is not None or path.error is not None:  # a board path that did not run
+            table.add_row(path.path, "-", "-", "-", "-", path.status)
+            continue
         table.add_row(
             path.path,
             f"{path.top1_agreement:.2%}",
             str(path.max_error_lsb),
             f"{path.bit_exact}/{path.total}",
             "-" if path.accuracy is None else f"{path.accuracy:.2%}",
-            "reported" if path.bound_lsb is None else ("ok" if path.ok else f"FAIL (bound {path.bound_lsb})"),
+            path.status,
         )
     table.caption = "layer by layer (each layer fed the path's own inputs): " + "; ".join(
         f"{path} max {worst} LSB, mismatch rate {rate:.2e}" for path, (worst, rate) in result.layerwise.items()
@@ -57,7 +60,7 @@ def main(
         bool, typer.Option("--force", help="replace the files of a previous export in OUTDIR (others are kept)")
     ] = False,
     verify_outputs: Annotated[
-        bool, typer.Option("--verify", help="compare torch, IR reference, onnxruntime and hwsim")
+        bool, typer.Option("--verify", help="compare torch, IR reference, onnxruntime, hwsim and the board code (C, HLS csim)")
     ] = False,
     samples: Annotated[int, typer.Option(min=1, max=100_000, help="number of verification samples")] = 360,
     onnx_native_bits: Annotated[
@@ -94,7 +97,11 @@ def main(
             inputs, labels = verification_data(
                 export.checkpoint.info.get("dataset", "synthetic"), export.checkpoint.input_shape, samples
             )
-            check = progress.add_task("verify: reference, torch, onnxruntime, hwsim", total=4 * len(inputs))
+            boards = export.board_code
+            check = progress.add_task(
+                f"verify: reference, torch, onnxruntime, hwsim{''.join(', ' + b for b in boards)}",
+                total=(4 + len(boards)) * len(inputs),
+            )
             result = verify(
                 export.graph,
                 export.checkpoint.model,
@@ -102,6 +109,7 @@ def main(
                 inputs,
                 labels,
                 progress=lambda n: progress.advance(check, n),
+                boards=boards,
             )
             export.report["verification"] = result.to_dict()
         write_export(export, out_dir, force, step)

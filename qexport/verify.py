@@ -10,11 +10,15 @@ Input-adaptive (per-sample, dynamic) requantization (ASQ, docs/methods/asq.md): 
 equal the reference bit for bit; torch and onnxruntime apply the per-sample factors in float, so
 they are held to the 1 LSB per-layer bound and their end-to-end differences are reported. A tensor
 with a per-sample factor is compared on its static grid (torch's real values are divided by the factor).
+
+Board code (``boards``: the target's ``c`` / ``hls``) is built on the host in a temporary directory and
+run on the same integer inputs (qexport.board_verify); like hwsim it must be bit-exact (bound 0). A
+path whose compiler or ap_types headers are missing is skipped with the reason, not failed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,6 +26,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from qexport.board_verify import run_board
 from qexport.export.onnx_qdq import with_intermediate_outputs
 from qexport.formats import get_format
 from qexport.frontend.requant import is_power_of_two
@@ -32,6 +37,7 @@ from qexport.reference import quantize_input, run_graph, run_node
 
 BATCH = 64
 LAYERWISE_BOUND_LSB = 1
+BOARD_PATHS = {"c": "C (host gcc)", "hls": "HLS csim (g++)"}
 PASS_THROUGH = frozenset({Op.RELU, Op.CLIP, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.RESHAPE})
 
 Progress = Callable[[int], None]
@@ -46,10 +52,22 @@ class PathResult:
     total: int
     accuracy: float | None = None
     bound_lsb: int | None = None  # None: reported, not enforced
+    skipped: str | None = None  # board paths: why the path did not run (a missing tool); not a failure
+    error: str | None = None  # board paths: why the build or run failed (a failure)
 
     @property
     def ok(self) -> bool:
-        return self.bound_lsb is None or self.max_error_lsb <= self.bound_lsb
+        if self.error is not None:
+            return False
+        return self.skipped is not None or self.bound_lsb is None or self.max_error_lsb <= self.bound_lsb
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return f"FAIL ({self.error})"
+        if self.skipped is not None:
+            return f"skipped: {self.skipped}"
+        return "reported" if self.bound_lsb is None else ("ok" if self.ok else f"FAIL (bound {self.bound_lsb})")
 
 
 @dataclass
@@ -235,6 +253,16 @@ def compare(
     )
 
 
+def board_path(code: str, graph: Graph, inputs: np.ndarray, reference: np.ndarray, labels) -> PathResult:
+    """The generated board code (``c``: host gcc build, ``hls``: g++ C simulation), bound 0 like hwsim."""
+    info = graph.tensors[graph.inputs[0]]
+    run = run_board(code, graph, {info.name: quantize_input(info, inputs)})
+    name = BOARD_PATHS[code]
+    if run.outputs is None:
+        return PathResult(name, 0.0, 0, 0, int(reference.size), None, 0, skipped=run.skipped, error=run.error)
+    return compare(name, reference, run.outputs[graph.outputs[0]], labels, 0)
+
+
 def verify(
     graph: Graph,
     model: torch.nn.Module | None,
@@ -242,8 +270,12 @@ def verify(
     inputs: np.ndarray,
     labels: np.ndarray | None = None,
     progress: Progress | None = None,
+    boards: Sequence[str] = (),
 ) -> Verification:
-    """Run the fake-quant torch model, the IR reference, onnxruntime and hwsim, and compare."""
+    """Run the fake-quant torch model, the IR reference, onnxruntime and hwsim, and compare.
+
+    ``boards`` adds the generated board code's paths (``"c"``, ``"hls"``: built and run on the host).
+    """
     exact = all_scales_power_of_two(graph) and not has_dynamic_requant(graph)
     reference = reference_integers(graph, inputs, progress)
     result = Verification(
@@ -262,6 +294,10 @@ def verify(
     result.paths.append(compare("hwsim", reference, hwsim_integers(graph, inputs), labels, 0))
     if progress:
         progress(len(inputs))
+    for code in boards:
+        result.paths.append(board_path(code, graph, inputs, reference, labels))
+        if progress:
+            progress(len(inputs))
     bound = 0 if exact else None
     for path, observed in observed_paths.items():
         result.paths.append(compare(path, reference, observed[graph.outputs[0]], labels, bound))

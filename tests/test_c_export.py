@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from c_build import build, run_model
+from c_build import build
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from irgen import FORMAT_NAMES, bias_weight, chain_graphs, int_arrays, quantized_types, random_feed, weights
 
 from hwsim.engine import Engine
+from qexport.board_verify import run_model
 from qexport.errors import GraphError
 from qexport.export.c_code import write_c
 from qexport.export.c_pack import pack_rows

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from c_build import pack_inputs, unpack_outputs
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from irgen import FORMAT_NAMES, chain_graphs, random_feed
 from test_c_export import assert_same, checkpoint_graphs, conv_layers, digits_feeds
 
+from qexport.board_verify import pack_inputs, unpack_outputs
 from qexport.errors import GraphError
 from qexport.export.hls_code import ap_types_dir, write_hls
 from qexport.ir.checker import check_graph

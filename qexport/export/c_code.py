@@ -19,7 +19,7 @@ import numpy as np
 from qexport import __version__
 from qexport.export.c_pack import CExportError, bias_values, pack_weight, partial_sum_bound
 from qexport.ir.graph import Graph, Node, TensorInfo
-from qexport.ir.ops import Op, dynamic_operands
+from qexport.ir.ops import OP_SIGNATURES, Op, dynamic_operands
 
 PLAIN_FILES = ("qx_runtime.h", "qx_runtime.c", "main.c")
 TEMPLATES = {
@@ -30,6 +30,14 @@ TEMPLATES = {
     "Makefile": "Makefile.j2",
 }
 DYNAMIC_MODE = {None: 0, "mul": 1, "div": 2, "muldiv": 3}
+# attributes the board code implements beyond each op's required ones (qexport.ir.ops.OP_SIGNATURES);
+# any other attribute changes the op's meaning in a way the kernels do not know, so it is refused
+OPTIONAL_ATTRS: dict[Op, frozenset[str]] = {
+    Op.CONV2D: frozenset({"bias", "acc_bits"}),
+    Op.LINEAR: frozenset({"bias", "acc_bits"}),
+    Op.ADD: frozenset({"acc_bits"}),
+    Op.REQUANTIZE: frozenset({"dynamic"}),
+}
 
 
 def templates_dir() -> Path:
@@ -211,15 +219,26 @@ class _Planner:
         return step
 
 
-def _check_types(graph: Graph) -> None:
+def check_supported(graph: Graph) -> None:
+    """Refuse, naming the layer, any op attribute or tensor type the C and HLS kernels do not implement."""
     for name, info in graph.tensors.items():
         if not info.dtype.signed and info.dtype.bits >= 32:
             raise CExportError(f"tensor {name!r}: {info.dtype.name} does not fit the C runtime's int32 storage")
+    for node in graph.nodes:
+        known = set(OP_SIGNATURES[node.op][1]) | OPTIONAL_ATTRS.get(node.op, frozenset())
+        unknown = sorted(set(node.attrs) - known)
+        if unknown:
+            raise CExportError(
+                f"layer {node.name!r}: {node.op.value} attribute {', '.join(unknown)} is not supported by the "
+                "C/HLS board code (use a target without board_code)"
+            )
+        if node.op is Op.REQUANTIZE and node.attrs.get("dynamic", "mul") not in DYNAMIC_MODE:
+            raise CExportError(f"layer {node.name!r}: dynamic requantize {node.attrs['dynamic']!r} has no C kernel")
 
 
 def c_context(graph: Graph) -> dict:
     """Everything the templates need, computed from the IR graph alone."""
-    _check_types(graph)
+    check_supported(graph)
     arena = plan_arena(graph)
     planner = _Planner(graph, arena)
     steps = [planner.step(index, node) for index, node in enumerate(graph.nodes)]
