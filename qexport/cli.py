@@ -60,7 +60,7 @@ def main(
         bool, typer.Option("--force", help="replace the files of a previous export in OUTDIR (others are kept)")
     ] = False,
     verify_outputs: Annotated[
-        bool, typer.Option("--verify", help="compare torch, IR reference, onnxruntime, hwsim and the board code (C, HLS csim)")
+        bool, typer.Option("--verify", help="compare torch, IR reference, onnxruntime, hwsim, C and HLS csim")
     ] = False,
     samples: Annotated[int, typer.Option(min=1, max=100_000, help="number of verification samples")] = 360,
     onnx_native_bits: Annotated[
