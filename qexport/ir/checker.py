@@ -5,10 +5,14 @@ Every producer (lowering, spec loader, hand-built graphs) runs ``check_graph``.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from qexport.errors import GraphError
 from qexport.formats import get_format
 from qexport.ir.graph import Graph, Node
-from qexport.ir.ops import DYNAMIC_OPERANDS, OP_SIGNATURES, WEIGHTED_OPS, Op, dynamic_operands
+from qexport.ir.ops import DYNAMIC_OPERANDS, FLOAT_SCALE, OP_SIGNATURES, WEIGHTED_OPS, Op, dynamic_operands
 from qexport.ir.shapes import infer_shape
 
 DTYPE_PRESERVING = frozenset({Op.RELU, Op.CLIP, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.RESHAPE})
@@ -63,6 +67,18 @@ def _check_weights(graph: Graph, node: Node, out_channels: int) -> None:
         get_format(bias.format).check(bias)
 
 
+def _check_float_scale(node: Node, channels: int) -> None:
+    """float_scale: 1 or per-channel positive finite float32-exact numbers; no per-sample operands."""
+    values = node.attrs[FLOAT_SCALE]
+    numbers = isinstance(values, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if not numbers or len(values) not in (1, channels):
+        raise GraphError(f"node {node.name!r}: float_scale needs 1 or {channels} numbers")
+    if not all(math.isfinite(v) and v > 0 and float(np.float32(v)) == v for v in values):
+        raise GraphError(f"node {node.name!r}: float_scale values must be positive, finite and float32-exact")
+    if len(node.inputs) > 1 or "dynamic" in node.attrs:
+        raise GraphError(f"node {node.name!r}: float_scale cannot be combined with dynamic requantization")
+
+
 def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
     out = graph.tensors[node.outputs[0]]
     for key in ("multiplier", "shift"):
@@ -73,6 +89,8 @@ def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
         raise GraphError(f"node {node.name!r}: multiplier must be in [0, 2**31)")
     if any(abs(s) > MAX_REQUANT_SHIFT for s in node.attrs["shift"]):
         raise GraphError(f"node {node.name!r}: shift must be in [-{MAX_REQUANT_SHIFT}, {MAX_REQUANT_SHIFT}]")
+    if FLOAT_SCALE in node.attrs:
+        _check_float_scale(node, channels)
     low, high = node.attrs["clip_min"], node.attrs["clip_max"]
     if not (out.dtype.min <= low <= high <= out.dtype.max):
         raise GraphError(f"node {node.name!r}: clip [{low}, {high}] outside {out.dtype.name}")

@@ -52,5 +52,14 @@ def dynamic_operands(node: Node) -> dict[str, str]:
     return dict(zip(roles, node.inputs[1:], strict=False))
 
 
+# requantize's optional float32-exact form (ONNX Runtime's QOperator kernels): attrs["float_scale"]
+FLOAT_SCALE = "float_scale"
+
+
+def float_scale(node: Node) -> list[float] | None:
+    """The float32 scales of a requantize in float form, or None for the integer form."""
+    return node.attrs.get(FLOAT_SCALE)
+
+
 # ops whose weights are named in attrs["weight"] and optional bias in attrs["bias"]
 WEIGHTED_OPS = frozenset({Op.CONV2D, Op.LINEAR})

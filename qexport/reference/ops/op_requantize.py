@@ -4,6 +4,10 @@
 ("mul": [acc, num], "div": [acc, den], "muldiv": [acc, num, den]; "mul" when absent). One rounding,
 exact in integers: the numerator acc * multiplier * num (<< -shift) and the divisor den (<< shift)
 stay below 2**62 (the checker's rule).
+
+Float form (``float_scale``, imported from ONNX Runtime's QOperator kernels): the accumulator is
+rounded to the nearest float32, multiplied by the float32 scale in float32 (one IEEE rounding),
+rounded half to even, then the zero point is added and the result clipped.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, Node
-from qexport.ir.ops import dynamic_operands
+from qexport.ir.ops import dynamic_operands, float_scale
 from qexport.reference.ops.common import zero_point
 from qexport.reference.rounding import round_half_even_divide, round_half_even_shift
 
@@ -21,8 +25,20 @@ def _per_channel(values: list[int], ndim: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def run_float(graph: Graph, node: Node, acc: np.ndarray) -> np.ndarray:
+    """clip(rint(float32(float32(acc) * float_scale[c])) + zp, clip_min, clip_max)."""
+    scale = np.asarray(float_scale(node), dtype=np.float32).reshape((1, -1) + (1,) * (acc.ndim - 2))
+    product = acc.astype(np.float32) * scale  # numpy: float32 * float32 -> float32, one IEEE rounding
+    zp = zero_point(graph, node.outputs[0])
+    low, high = node.attrs["clip_min"] - zp, node.attrs["clip_max"] - zp
+    # clamping before rounding (as onnxruntime does) equals clamping after: the bounds are integers
+    return np.rint(np.clip(product, np.float32(low), np.float32(high))).astype(np.int64) + zp
+
+
 def run(graph: Graph, node: Node, inputs: list[np.ndarray]) -> np.ndarray:
     acc = inputs[0].astype(np.int64)
+    if float_scale(node) is not None:
+        return run_float(graph, node, acc)
     operands = dict(zip(dynamic_operands(node), inputs[1:], strict=False))
     per_sample = (-1,) + (1,) * (acc.ndim - 1)
     product = acc * _per_channel(node.attrs["multiplier"], acc.ndim)
