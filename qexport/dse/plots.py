@@ -17,6 +17,7 @@ def write_plot(rows: list[dict[str, Any]], on_front: set[int], x_key: str, x_lab
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     targets = sorted({row["target"] for row in rows})
     colours = {target: plt.get_cmap("tab10")(index % 10) for index, target in enumerate(targets)}
@@ -30,10 +31,12 @@ def write_plot(rows: list[dict[str, Any]], on_front: set[int], x_key: str, x_lab
                     [rows[i][x_key] for i in chosen],
                     [100 * rows[i]["accuracy"] for i in chosen],
                     color=colours[target],
-                    label=f"{target} (front)" if front else target,
+                    label=None if front else target,
                     **style,
                 )
+    axes.scatter([], [], s=46, facecolors="none", edgecolors="black", label="Pareto front")
     axes.set_xscale("log")
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_xlabel(x_label)
     axes.set_ylabel("top-1 accuracy, integer model (%)")
     axes.grid(True, which="both", alpha=0.3)

@@ -34,6 +34,10 @@ class SpaceError(QExportError):
     """A SPACE.toml that cannot be read or fails its schema (the message names every bad field)."""
 
 
+def _size(size: int) -> str:
+    return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
+
+
 def canonical(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -98,9 +102,11 @@ class HardwarePoint:
     @property
     def label(self) -> str:
         parts = [self.target_name, self.array, self.dataflow]
-        srams = {getattr(self, name) for name in SRAM_AXES} - {None}
-        if srams:
-            parts.append("sram " + "/".join(str(getattr(self, name) or "-") for name in SRAM_AXES))
+        srams = [getattr(self, name) for name in SRAM_AXES]
+        if len(set(srams)) == 1 and srams[0] is not None:
+            parts.append(f"sram {_size(srams[0])}")
+        elif any(size is not None for size in srams):
+            parts.append("sram " + "/".join(_size(size) if size else "-" for size in srams))
         if self.clock_mhz is not None:
             parts.append(f"{self.clock_mhz:g} MHz")
         return " ".join(part for part in parts if part)
@@ -228,6 +234,11 @@ def _hardware_points(hardware: dict[str, Any], base: Path, problems: list[str]) 
 
     points: list[HardwarePoint] = []
     axes = {name: hardware.get(name, [None]) for name in (*SYSTOLIC_AXES, "clock_mhz")}
+    if "sram_bytes" in hardware:  # one size for the three buffers
+        clash = [name for name in SRAM_AXES if name in hardware]
+        if clash:
+            problems.append(f"field hardware.sram_bytes: sets every buffer; remove hardware.{clash[0]} or it")
+        axes.update({name: [None] for name in SRAM_AXES}, sram=hardware["sram_bytes"])
     for index, name in enumerate(hardware["target"]):
         try:
             resolved = _resolve_target(name, base)
@@ -235,11 +246,13 @@ def _hardware_points(hardware: dict[str, Any], base: Path, problems: list[str]) 
         except QExportError as error:
             problems.append(f"field hardware.target.{index}: {error}")
             continue
-        used = (*SYSTOLIC_AXES, "clock_mhz") if model == "systolic" else ("clock_mhz",)
-        for values in itertools.product(*(axes[axis] for axis in used)):
-            point = HardwarePoint(
-                resolved, model, batch=hardware.get("batch", 1), **dict(zip(used, values, strict=True))
-            )
+        used = (*SYSTOLIC_AXES, "clock_mhz", "sram") if model == "systolic" else ("clock_mhz",)
+        for values in itertools.product(*(axes.get(axis, [None]) for axis in used)):
+            chosen = dict(zip(used, values, strict=True))
+            sram = chosen.pop("sram", None)
+            if sram is not None:
+                chosen.update({name: sram for name in SRAM_AXES})
+            point = HardwarePoint(resolved, model, batch=hardware.get("batch", 1), **chosen)
             if point not in points:
                 points.append(point)
     return points

@@ -152,16 +152,23 @@ def run_sweep(
     retries: int = 3,
     retry_failed: bool = False,
     progress: Progress | None = None,
+    configs: list[TrialConfig] | None = None,
 ) -> SweepResult:
-    """Run ``space.trials`` distinct quantization trials (resuming from ``store``) on the Dask ``client``."""
+    """Run ``space.trials`` distinct quantization trials (resuming from ``store``) on the Dask ``client``.
+
+    ``configs`` replaces the sampler's choice by exactly these trials (e.g. to time the same sweep twice).
+    """
     from distributed import as_completed
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sweep = _Sweep(space, store, retry_failed)
     study = optuna.create_study(directions=list(DIRECTIONS), sampler=make_sampler(space))
+    chosen = None if configs is None else {config.key: config for config in configs}
     completed: set[str] = set()
     for key, config in sweep.configs.items():
+        if chosen is not None and key not in chosen:
+            continue
         params = space.params_of(config)
         if sweep.missing(space.trial_config(params)):
             study.enqueue_trial(params)  # partly stored: run its missing points first
@@ -171,6 +178,10 @@ def run_sweep(
         study.add_trial(create_trial(params=params, distributions=sweep.distributions, values=values, state=state))
         completed.add(key)
     resumed = len(completed)
+    total = space.trials if chosen is None else len(chosen)
+    for key, config in (chosen or {}).items():
+        if key not in sweep.configs:
+            study.enqueue_trial(space.params_of(config.to_dict()))
     unseen = [config for config in space.all_trials() if config.key not in completed]
     random.Random(space.seed).shuffle(unseen)
     slots = max(1, sum(client.nthreads().values())) + 1  # one queued task per worker keeps them busy
@@ -179,9 +190,9 @@ def run_sweep(
     finished = as_completed()
     evaluated = repeats = 0
     if progress:
-        progress(len(completed), space.trials, "resumed")
+        progress(len(completed), total, "resumed")
     while True:
-        while len(completed) + len(inflight) < space.trials and len(inflight) < slots:
+        while len(completed) + len(inflight) < total and len(inflight) < slots:
             trial = study.ask(sweep.distributions)
             config = space.trial_config(trial.params)
             running = {c.key for _, c, _ in inflight.values()}
@@ -221,6 +232,6 @@ def run_sweep(
         for proposal in [trial, *waiting.pop(config.key, [])]:
             sweep.tell(study, proposal, config.key)
         if progress:
-            progress(len(completed), space.trials, config.label)
+            progress(len(completed), total, config.label)
     rows = [row for row in store.rows() if row["trial_key"] in completed and row["hardware_key"] in sweep.hardware]
     return SweepResult(rows, len(completed), evaluated, resumed, study)
