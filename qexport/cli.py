@@ -13,9 +13,11 @@ from rich.table import Table
 from qexport.cli_support import entry_point, print_error
 from qexport.data import verification_data
 from qexport.outputs import check_export_directory
-from qexport.pipeline import lower_checkpoint, write_export
+from qexport.pipeline import lower_source, write_export
 from qexport.targets import available_targets, load_target, with_native_bits, with_post_mac
 from qexport.verify import Verification, verify
+from qexport.verify_onnx import import_verification_table as import_table
+from qexport.verify_onnx import verify_export
 
 app = typer.Typer(name="qexport", add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
@@ -49,7 +51,7 @@ def verification_table(result: Verification) -> Table:
 
 @app.command()
 def main(
-    source: Annotated[Path, typer.Argument(help="QAT checkpoint (.ckpt, safetensors) to export")],
+    source: Annotated[Path, typer.Argument(help="QAT checkpoint (.ckpt, safetensors) or ONNX model to export")],
     target: Annotated[
         str, typer.Option(help=f"target name ({', '.join(available_targets())}) or a .toml file")
     ] = "fpga",
@@ -68,6 +70,9 @@ def main(
     ] = None,
     post_mac: Annotated[
         str | None, typer.Option(help="powers-of-sqrt(2) weights: lut (shift + LUT) or split [from the target]")
+    ] = None,
+    calibrate: Annotated[
+        Path | None, typer.Option(help="float ONNX model: .npy calibration inputs (N, C, H, W) to quantize it with")
     ] = None,
 ) -> None:
     """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
@@ -91,9 +96,12 @@ def main(
         def step(name: str) -> None:
             progress.update(task, description=name, advance=1 if progress.tasks[task].description != "export" else 0)
 
-        export = lower_checkpoint(source, target_spec, step)
+        export = lower_source(source, target_spec, step, calibrate)
         result = None
-        if verify_outputs:
+        if verify_outputs and export.checkpoint is None:  # an imported ONNX model (qexport.verify_onnx)
+            check = progress.add_task("verify: reference, hwsim, onnxruntime", total=3 * samples)
+            result = verify_export(export, samples, progress=lambda n: progress.advance(check, n))
+        elif verify_outputs:
             inputs, labels = verification_data(
                 export.checkpoint.info.get("dataset", "synthetic"), export.checkpoint.input_shape, samples
             )
@@ -119,7 +127,8 @@ def main(
         f"{export.report['lower_seconds'] + export.report['write_seconds']:.2f} s"
     )
     if result is not None:
-        Console().print(verification_table(result))
+        imported = export.checkpoint is None
+        Console().print(import_table(result, export.report["onnx_format"]) if imported else verification_table(result))
         if not result.ok:
             print_error("integer paths disagree beyond the documented bound")
             raise typer.Exit(EXIT_VERIFY_FAILED)

@@ -65,11 +65,12 @@ def layer_table(graph: Graph) -> list[dict[str, Any]]:
 class Export:
     """Everything one export produces before it is written: the files' contents and the report."""
 
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None  # None for an imported ONNX model (qexport.onnx_source)
     graph: Graph
     model: onnx.ModelProto
     report: dict[str, Any]
     board_code: tuple[str, ...] = ()  # the target's export.board_code: "c", "hls"
+    source_model: onnx.ModelProto | None = None  # the imported ONNX model (what --verify runs)
 
 
 def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) -> Export:
@@ -103,6 +104,18 @@ def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) 
         "lower_seconds": round(time.perf_counter() - started, 3),
     }
     return Export(checkpoint, graph, model, report, tuple(target.raw["export"].get("board_code", ())))
+
+
+def lower_source(source: Path, target: Target, step: Step = lambda _: None, calibrate: Path | None = None) -> Export:
+    """A checkpoint, or an ONNX model (by suffix or content: ``qexport.onnx_source``)."""
+    from qexport.frontend.onnx_import import is_onnx_path
+    from qexport.onnx_source import lower_onnx
+
+    if is_onnx_path(source):
+        return lower_onnx(source, target, step, calibrate)
+    if calibrate is not None:
+        raise QExportError(f"{source}: --calibrate applies to float ONNX models only")
+    return lower_checkpoint(source, target, step)
 
 
 def write_export(export: Export, out_dir: Path, force: bool = False, step: Step = lambda _: None) -> None:

@@ -2,14 +2,14 @@
 
 ``write_c(graph, out_dir)`` writes ``out_dir/c/``: ``qx_runtime.{h,c}`` and ``main.c`` (plain files of
 the package), and from Jinja2 templates ``qx_config.h``, ``model.h``, ``model_data.h``, ``model.c`` and a
-``Makefile``. The generated code runs one sample per ``qxm_run`` call; tensors live in one static
-arena whose offsets come from a lifetime-based first-fit allocation here (no heap).
+``Makefile``. The generated code runs one sample per ``qxm_run`` call; tensors live in one static byte
+arena, each in the smallest container of its type (c_arena: lifetime-based first-fit, no heap), and
+conv2d / linear layers that qualify run as int8 dot products over an im2col scratch (c_dot).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -17,6 +17,8 @@ import jinja2
 import numpy as np
 
 from qexport import __version__
+from qexport.export.c_arena import Arena, containers, plan_arena
+from qexport.export.c_dot import DISABLED, plan_dot
 from qexport.export.c_pack import CExportError, bias_values, pack_weight, partial_sum_bound
 from qexport.ir.graph import Graph, Node, TensorInfo
 from qexport.ir.ops import OP_SIGNATURES, Op, dynamic_operands
@@ -57,10 +59,6 @@ def environment(subdir: str) -> jinja2.Environment:
     return env
 
 
-def elements(info: TensorInfo) -> int:
-    return math.prod(info.shape[1:])
-
-
 def zero_point(graph: Graph, tensor: str) -> int:
     quant = graph.tensors[tensor].quant
     return 0 if quant is None else int(quant.zero_point)
@@ -71,42 +69,11 @@ def centred_range(graph: Graph, tensor: str) -> tuple[int, int]:
     return dtype.min - zp, dtype.max - zp
 
 
-@dataclass
-class Arena:
-    offsets: dict[str, int]
-    elems: int
+def elements(info: TensorInfo) -> int:
+    return math.prod(info.shape[1:])
 
 
-def plan_arena(graph: Graph) -> Arena:
-    """First-fit placement of every tensor by lifetime [producer, last consumer] (inputs -1, outputs to the end)."""
-    end = len(graph.nodes)
-    start = {name: -1 for name in graph.inputs}
-    last = {name: -1 for name in graph.inputs}
-    for index, node in enumerate(graph.nodes):
-        for name in node.inputs:
-            last[name] = index
-        start[node.outputs[0]] = index
-        last.setdefault(node.outputs[0], index)
-    for name in graph.outputs:
-        last[name] = end
-    placed: list[tuple[int, int, int, int]] = []  # offset, size, start, last
-    offsets: dict[str, int] = {}
-    for name in sorted(start, key=lambda n: (start[n], n not in graph.inputs)):
-        if name in offsets:
-            continue
-        size = max(1, elements(graph.tensors[name]))
-        busy = sorted((o, o + s) for o, s, a, b in placed if a <= last[name] and start[name] <= b)
-        offset = 0
-        for low, high in busy:
-            if offset + size <= low:
-                break
-            offset = max(offset, high)
-        offsets[name] = offset
-        placed.append((offset, size, start[name], last[name]))
-    return Arena(offsets, max((o + s for o, s, _, _ in placed), default=1))
-
-
-def _io(graph: Graph, names: list[str], arena: Arena) -> list[dict]:
+def _io(graph: Graph, names: list[str], arena: Arena, types: dict[str, str]) -> list[dict]:
     rows, io_offset = [], 0
     for name in names:
         info = graph.tensors[name]
@@ -126,6 +93,7 @@ def _io(graph: Graph, names: list[str], arena: Arena) -> list[dict]:
                 "min": info.dtype.min,
                 "max": info.dtype.max,
                 "offset": arena.offsets[name],
+                "type": types[name],
                 "io_offset": io_offset,
             }
         )
@@ -134,10 +102,12 @@ def _io(graph: Graph, names: list[str], arena: Arena) -> list[dict]:
 
 
 class _Planner:
-    def __init__(self, graph: Graph, arena: Arena):
-        self.graph, self.arena = graph, arena
+    def __init__(self, graph: Graph, arena: Arena, types: dict[str, str]):
+        self.graph, self.arena, self.types = graph, arena, types
         self.weights: list[dict] = []
         self.codes_elems = 1
+        self.cols_bytes = 1
+        self.wbuf_bytes = 1
         self.acc64 = False
         self.lut64 = False
 
@@ -157,13 +127,19 @@ class _Planner:
         fields.update(id=len(self.weights), node=node.name, bias=bias_values(bias))
         self.weights.append(fields)
         self.codes_elems = max(self.codes_elems, fields["row_len"] * fields["terms"])
-        self.acc64 |= partial_sum_bound(weight, bias, x_min, x_max) > (1 << 31) - 1
+        acc64 = partial_sum_bound(weight, bias, x_min, x_max) > (1 << 31) - 1
+        self.acc64 |= acc64
         self.lut64 |= bool(fields["lut"]) and max(abs(v) for v in fields["lut"]) > (1 << 31) - 1
+        dot = dict(DISABLED) if acc64 else plan_dot(graph, node, self.types[node.inputs[0]], fields["bias"])
+        fields["dot"] = dot
+        self.cols_bytes = max(self.cols_bytes, dot["cols"])
+        self.wbuf_bytes = max(self.wbuf_bytes, dot["wbuf"])
         return fields["id"]
 
     def step(self, index: int, node: Node) -> dict:
         x, y = node.inputs[0], node.outputs[0]
         step = {"id": index, "name": node.name, "op": node.op.value, "x": self.at(x), "y": self.at(y)}
+        step.update(x_type=self.types[x], y_type=self.types[y])
         in_shape, out_shape = self.shape(x), self.shape(y)
         zp = zero_point(self.graph, x)
         if node.op is Op.CONV2D:
@@ -179,11 +155,13 @@ class _Planner:
             step.update(in_n=in_shape[0], out_n=out_shape[0])
         elif node.op is Op.ADD:
             step.update(x2=self.at(node.inputs[1]), n=math.prod(out_shape), zp_a=zp)
-            step.update(zp_b=zero_point(self.graph, node.inputs[1]))
+            step.update(zp_b=zero_point(self.graph, node.inputs[1]), x2_type=self.types[node.inputs[1]])
             step.update(mul_a=node.attrs["lhs_multiplier"], mul_b=node.attrs["rhs_multiplier"])
             if max(abs(step["mul_a"]), abs(step["mul_b"])) > (1 << 31) - 1:
                 raise CExportError(f"node {node.name!r}: add multipliers do not fit 32 bits")
         elif node.op is Op.REQUANTIZE:
+            if "float_scale" in node.attrs:
+                raise CExportError(f"node {node.name!r}: float32 requantize (float_scale) has no integer C form")
             operands = dynamic_operands(node)
             mode = node.attrs.get("dynamic", "mul") if operands else None
             channels = in_shape[0] if in_shape else 1
@@ -193,6 +171,8 @@ class _Planner:
             step.update(clip_max=node.attrs["clip_max"])
             step["num"] = self.at(operands["num"]) if "num" in operands else None
             step["den"] = self.at(operands["den"]) if "den" in operands else None
+            step["num_type"] = self.types[operands["num"]] if "num" in operands else "QX_I32"
+            step["den_type"] = self.types[operands["den"]] if "den" in operands else "QX_I32"
         elif node.op is Op.RELU:
             step.update(n=math.prod(out_shape), zp=zp)
         elif node.op is Op.CLIP:
@@ -211,7 +191,7 @@ class _Planner:
             parts, offset = [], 0
             for name in node.inputs:
                 chunk = math.prod(self.shape(name)[axis - 1 :])
-                parts.append({"x": self.at(name), "chunk": chunk, "offset": offset})
+                parts.append({"x": self.at(name), "x_type": self.types[name], "chunk": chunk, "offset": offset})
                 offset += chunk
             step.update(outer=math.prod(out_shape[: axis - 1]), out_chunk=offset, parts=parts)
         else:  # pragma: no cover - the checker knows every op
@@ -221,9 +201,6 @@ class _Planner:
 
 def check_supported(graph: Graph) -> None:
     """Refuse, naming the layer, any op attribute or tensor type the C and HLS kernels do not implement."""
-    for name, info in graph.tensors.items():
-        if not info.dtype.signed and info.dtype.bits >= 32:
-            raise CExportError(f"tensor {name!r}: {info.dtype.name} does not fit the C runtime's int32 storage")
     for node in graph.nodes:
         known = set(OP_SIGNATURES[node.op][1]) | OPTIONAL_ATTRS.get(node.op, frozenset())
         unknown = sorted(set(node.attrs) - known)
@@ -239,11 +216,12 @@ def check_supported(graph: Graph) -> None:
 def c_context(graph: Graph) -> dict:
     """Everything the templates need, computed from the IR graph alone."""
     check_supported(graph)
-    arena = plan_arena(graph)
-    planner = _Planner(graph, arena)
+    types = containers(graph)
+    arena = plan_arena(graph, types)
+    planner = _Planner(graph, arena, types)
     steps = [planner.step(index, node) for index, node in enumerate(graph.nodes)]
-    inputs, outputs = _io(graph, graph.inputs, arena), _io(graph, graph.outputs, arena)
-    act_bytes = 4
+    inputs, outputs = _io(graph, graph.inputs, arena, types), _io(graph, graph.outputs, arena, types)
+    scratch = planner.codes_elems * 4 + planner.cols_bytes + planner.wbuf_bytes
     return {
         "version": __version__,
         "name": graph.name,
@@ -254,11 +232,12 @@ def c_context(graph: Graph) -> dict:
         "output_elems": sum(t["elems"] for t in outputs),
         "steps": steps,
         "weights": planner.weights,
-        "arena_elems": arena.elems,
-        "arena_bytes": arena.elems * act_bytes,
+        "arena_bytes": arena.size,
+        "arena_words": arena.size // 8,
         "codes_elems": planner.codes_elems,
-        "codes_bytes": planner.codes_elems * 4,
-        "act64": False,
+        "cols_bytes": planner.cols_bytes,
+        "wbuf_bytes": planner.wbuf_bytes,
+        "scratch_bytes": scratch,
         "acc64": planner.acc64,
         "lut64": planner.lut64,
     }

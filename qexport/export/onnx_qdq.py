@@ -28,7 +28,7 @@ from qexport.formats import get_format
 from qexport.formats.base import broadcast_channel
 from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node, Weight
-from qexport.ir.ops import Op, dynamic_operands
+from qexport.ir.ops import Op, dynamic_operands, float_scale
 
 DEFAULT_NATIVE_BITS = (4, 8, 16)  # INT2 is opt-in: see docs/onnx.md
 NUMPY_TYPES = {
@@ -91,8 +91,12 @@ class _OnnxBuilder:
         self.used_bits.add(kind.bits)
         return kind
 
-    def quantize_dequantize(self, source: str, tensor: str, clip: tuple[int, int] | None = None) -> str:
-        """source (float) -> [Clip] -> QuantizeLinear -> DequantizeLinear -> tensor (float, on grid)."""
+    def quantize_dequantize(
+        self, source: str, tensor: str, clip: tuple[int, int] | None = None, q_scale: float | None = None
+    ) -> str:
+        """source (float) -> [Clip] -> QuantizeLinear -> DequantizeLinear -> tensor (float, on grid).
+
+        ``q_scale`` (float requantize): QuantizeLinear divides by it instead of the tensor's scale."""
         info = self.graph.tensors[tensor]
         kind, offset = activation_container(info.dtype, self.native_bits)
         self.used_bits.add(kind.bits)
@@ -100,7 +104,8 @@ class _OnnxBuilder:
         low, high = clip if clip else (info.dtype.min, info.dtype.max)
         if low + offset > kind.min or high + offset < kind.max:
             # Max/Min rather than Clip: onnxruntime's Clip+QuantizeLinear fusion rejects some zero point types
-            low_value, high_value = (np.float32(v - zero) * np.float32(info.quant.scale) for v in (low, high))
+            step = info.quant.scale if q_scale is None else q_scale
+            low_value, high_value = (np.float32(v - zero) * np.float32(step) for v in (low, high))
             if low + offset > kind.min:
                 source = self.add(
                     "Max", [source, self.constant(f"{tensor}__lo", low_value)], f"{tensor}__max", f"{tensor}__clip_low"
@@ -115,8 +120,9 @@ class _OnnxBuilder:
         scale = self.scale(f"{tensor}__scale", info.quant.scale)
         zp = self.constant(f"{tensor}__zp", _typed(zero + offset, kind))
         output_dtype = helper.np_dtype_to_tensor_dtype(np.dtype(NUMPY_TYPES[(kind.signed, kind.bits)]))
+        divisor = scale if q_scale is None else self.scale(f"{tensor}__qscale", q_scale)
         quantized = self.add(
-            "QuantizeLinear", [source, scale, zp], f"{tensor}__q", f"{tensor}__quantize", output_dtype=output_dtype
+            "QuantizeLinear", [source, divisor, zp], f"{tensor}__q", f"{tensor}__quantize", output_dtype=output_dtype
         )
         return self.add("DequantizeLinear", [quantized, scale, zp], tensor, f"{tensor}__dequantize")
 
@@ -157,6 +163,20 @@ class _OnnxBuilder:
         return [self.add("DequantizeLinear", inputs, bias_name, f"{bias_name}__dequantize", axis=0)]
 
 
+def _float_requant_source(b: _OnnxBuilder, node: Node, source: str) -> str:
+    """The float accumulator divided by its scale (its integers, exact when the float op is) times float_scale."""
+    out, rank = node.outputs[0], len(b.graph.tensors[source].shape)
+    shape = (1, -1) + (1,) * (rank - 2)
+    acc_scale = np.asarray(b.graph.tensors[source].quant.scale, dtype=np.float32).reshape(-1)
+    factors = np.asarray(float_scale(node), dtype=np.float32).reshape(-1)
+    integers = b.add(
+        "Div", [source, b.constant(f"{out}__acc_scale", acc_scale.reshape(shape))], f"{out}__acc", f"{out}__acc"
+    )
+    return b.add(
+        "Mul", [integers, b.constant(f"{out}__float_scale", factors.reshape(shape))], f"{out}__scaled", f"{out}__fs"
+    )
+
+
 def _lower_node(b: _OnnxBuilder, node: Node) -> None:
     graph, out = b.graph, node.outputs[0]
     info = graph.tensors[out]
@@ -186,7 +206,10 @@ def _lower_node(b: _OnnxBuilder, node: Node) -> None:
             if role in operands:
                 factor = b.per_sample(operands[role], rank)
                 source = b.add(op_type, [source, factor], f"{out}__{role}", f"{out}__{role}")
-        b.quantize_dequantize(source, out, (node.attrs["clip_min"], node.attrs["clip_max"]))
+        clip = (node.attrs["clip_min"], node.attrs["clip_max"])
+        if float_scale(node) is not None:  # the float32 form: QuantizeLinear(Mul(acc integers, float_scale), 1)
+            source = _float_requant_source(b, node, source)
+        b.quantize_dequantize(source, out, clip, None if float_scale(node) is None else 1.0)
     elif node.op is Op.RELU:
         b.quantize_dequantize(b.add("Relu", node.inputs, f"{out}__float", node.name), out)
     elif node.op is Op.CLIP:
