@@ -17,8 +17,8 @@ from hwsim.engine import Engine, dequantize, quantize
 from hwsim.report import layer_table, summary_lines, write_json, write_plot
 from qexport.cli_support import entry_point
 from qexport.errors import QExportError
+from qexport.frontend.onnx_import import read_graph
 from qexport.ir.graph import Graph
-from qexport.ir.serialize import read_spec
 from qexport.outputs import check_output_file, staged_files
 from qexport.targets import load_target
 
@@ -116,7 +116,7 @@ def _write_outputs(estimate_result, json_out: Path | None, plot: Path | None, ex
 
 @app.command()
 def run(
-    spec: Annotated[Path, typer.Argument(help="layer_spec.json written by qexport")],
+    spec: Annotated[Path, typer.Argument(help="layer_spec.json written by qexport, or a quantized ONNX model")],
     inputs: Annotated[Path, typer.Option(help=".npy of float32 images (N, C, H, W), or integers already quantized")],
     out: Annotated[
         Path | None, typer.Option(help="write the float32 outputs (.npy), as the exported ONNX returns them")
@@ -138,7 +138,7 @@ def run(
 ) -> None:
     """Execute the integer network bit-accurately and report cycles, memory, ops and energy."""
     _check_outputs(force, out=out, json=json_out, plot=plot)
-    graph = read_spec(spec)
+    graph = read_graph(spec)
     hw = hardware_of(load_target(target)).with_overrides(array, dataflow)
     data = _load_inputs(inputs, graph)
     name = graph.inputs[0]
@@ -163,7 +163,7 @@ def run(
 
 @app.command(name="estimate")
 def estimate_command(
-    spec: Annotated[Path, typer.Argument(help="layer_spec.json written by qexport")],
+    spec: Annotated[Path, typer.Argument(help="layer_spec.json written by qexport, or a quantized ONNX model")],
     target: Target = "fpga",
     array: Array = None,
     dataflow: Dataflow = None,
@@ -174,7 +174,7 @@ def estimate_command(
 ) -> None:
     """Analytic cost report (no data): cycles, memory, op counts and energy per layer."""
     _check_outputs(force, json=json_out, plot=plot)
-    graph = read_spec(spec)
+    graph = read_graph(spec)
     hw = hardware_of(load_target(target)).with_overrides(array, dataflow)
     result = estimate(graph, hw, batch=batch)
     _write_outputs(result, json_out, plot)

@@ -138,3 +138,10 @@ def import_model(model: onnx.ModelProto, where: str, max_acc_bits: int = DEFAULT
 def import_onnx(path: Path, max_acc_bits: int = DEFAULT_MAX_ACC_BITS) -> Graph:
     """Validate ``path``, detect its flavour and lower it to the checked integer IR."""
     return import_model(read_model(path), str(path), max_acc_bits)
+
+
+def read_graph(path: Path, max_acc_bits: int = DEFAULT_MAX_ACC_BITS) -> Graph:
+    """A layer spec, or a quantized ONNX model imported on the fly (``hwsim run model.onnx``)."""
+    from qexport.ir.serialize import read_spec
+
+    return import_onnx(path, max_acc_bits) if is_onnx_path(path) else read_spec(path)
