@@ -280,6 +280,11 @@ class _Importer:
         if acc.relu:
             low = max(low, quant.zero_point)
         integral = all(r == int(r) for r in ratios)  # nothing to round
+        if mode in HALF_EVEN_MODES and quant.zero_point % 2 and not integral and all(map(is_power_of_two, ratios)):
+            raise QonnxImportError(
+                f"{where}: odd zero point {quant.zero_point} after a power-of-two rescale: the executor rounds half to "
+                "even after adding the zero point, so its ties differ from the IR's (round, then add)"
+            )
         if mode in SHIFT_MODES and not integral:
             if not all(is_power_of_two(r) for r in ratios) or acc.producer is None:
                 raise QonnxImportError(
