@@ -36,6 +36,9 @@ console = Console()
 Target = Annotated[str, typer.Option(help="target name (fpga, arm, asic) or a .toml file")]
 Array = Annotated[str | None, typer.Option(help="override the systolic array, e.g. 16x16")]
 Dataflow = Annotated[str | None, typer.Option(help="override the dataflow: ws, os or is")]
+MemoryModel = Annotated[
+    str | None, typer.Option(help="stall/DRAM model: hwsim (ideal reuse) or scalesim (SCALE-Sim 3.0.0's buffers)")
+]
 JsonOut = Annotated[Path | None, typer.Option("--json", help="write the report as JSON")]
 PlotOut = Annotated[Path | None, typer.Option("--plot", help="write a PNG per-layer breakdown")]
 Force = Annotated[bool, typer.Option("--force", help="replace output files that already exist")]
@@ -167,6 +170,7 @@ def estimate_command(
     target: Target = "fpga",
     array: Array = None,
     dataflow: Dataflow = None,
+    memory_model: MemoryModel = None,
     batch: Annotated[int, typer.Option(min=1, max=1_000_000, help="images per inference")] = 1,
     json_out: JsonOut = None,
     plot: PlotOut = None,
@@ -175,7 +179,7 @@ def estimate_command(
     """Analytic cost report (no data): cycles, memory, op counts and energy per layer."""
     _check_outputs(force, json=json_out, plot=plot)
     graph = read_graph(spec)
-    hw = hardware_of(load_target(target)).with_overrides(array, dataflow)
+    hw = hardware_of(load_target(target)).with_overrides(array, dataflow, memory_model)
     result = estimate(graph, hw, batch=batch)
     _write_outputs(result, json_out, plot)
     console.print(layer_table(result, f"hwsim estimate: {spec} on {hw.name}"))

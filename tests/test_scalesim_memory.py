@@ -9,7 +9,9 @@ equal it exactly. A few layers are also checked against numbers measured with SC
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,3 +331,44 @@ def test_rejects_buffers_scalesim_cannot_run():
         ScaleSimMemoryConfig(1, 64, 64)
     with pytest.raises(ValueError, match="whole words"):
         ScaleSimMemoryConfig(64, 64, 64, 0)
+
+
+@pytest.fixture(scope="module")
+def digits_spec(tmp_path_factory: pytest.TempPathFactory, digits_checkpoint) -> Path:
+    from cli_runner import invoke
+
+    from qexport.cli import app as qexport_app
+
+    out = tmp_path_factory.mktemp("export") / "digits"
+    result = invoke(qexport_app, *[str(digits_checkpoint), "--target", "asic", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    return out / "layer_spec.json"
+
+
+def test_estimate_memory_model_option_uses_scalesim_buffers(digits_spec: Path, tmp_path: Path):
+    from cli_runner import invoke
+
+    from hwsim.cli import app
+    from hwsim.cost.model import conv_shape
+    from hwsim.cost.targets import hardware_of
+    from qexport.ir.serialize import read_spec
+    from qexport.targets import load_target
+
+    args = ["estimate", str(digits_spec), "--target", "asic", "--array", "8x8", "--dataflow", "os"]
+    reports = {}
+    for model in ("scalesim", "hwsim"):
+        result = invoke(app, *args, "--memory-model", model, "--batch", "2", "--json", str(tmp_path / f"{model}.json"))
+        assert result.exit_code == 0, result.stderr
+        reports[model] = json.loads((tmp_path / f"{model}.json").read_text())
+    hw = hardware_of(load_target("asic"))
+    mem = ScaleSimMemoryConfig(hw.ifmap_sram_bytes, hw.filter_sram_bytes, hw.ofmap_sram_bytes, 16, 16, 16)
+    graph = read_spec(digits_spec)
+    layers = {row["name"]: row for row in reports["scalesim"]["layers"]}
+    for node in graph.nodes:
+        if node.op.value in ("conv2d", "linear"):
+            want = scalesim_memory_cost(conv_shape(graph, node), 8, 8, "os", mem, batch=2)
+            traffic = want.ifmap_dram_reads + want.filter_dram_reads + want.ofmap_dram_writes
+            assert (layers[node.name]["stall_cycles"], layers[node.name]["dram_bytes"]) == (want.stall_cycles, traffic)
+    assert reports["scalesim"]["memory_model"] == "scalesim" and reports["hwsim"]["memory_model"] == "hwsim"
+    bad = invoke(app, *args, "--memory-model", "dramsim")
+    assert bad.exit_code != 0 and "expected hwsim or scalesim" in bad.stderr

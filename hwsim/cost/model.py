@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from hwsim.cost.scalesim_memory import ScaleSimMemoryConfig, scalesim_memory_cost
 from hwsim.cost.systolic import ConvShape, MemoryConfig, layer_cost, memory_cost
 from hwsim.cost.targets import Hardware
 from hwsim.cost.vector import vector_cycles
@@ -88,6 +89,7 @@ class Estimate:
             "batch": self.batch,
             "array": [self.hardware.rows, self.hardware.cols] if self.hardware.model == "systolic" else None,
             "dataflow": self.hardware.dataflow if self.hardware.model == "systolic" else None,
+            "memory_model": self.hardware.memory_model if self.hardware.model == "systolic" else None,
             "clock_mhz": self.hardware.clock_mhz,
             "latency_ms": self.milliseconds,
             "memory": {
@@ -150,29 +152,37 @@ def _energy(hw: Hardware, graph: Graph, node: Node, counts: LayerCounts, sram: i
     }
 
 
+def _memory(hw: Hardware, shape: ConvShape, element_bytes: int, batch: int) -> tuple[int, int]:
+    """Stall cycles and DRAM bytes of a conv/linear layer under the target's memory model.
+
+    ``scalesim``: SCALE-Sim 3.0.0's buffers in USER bandwidth mode, words of ``element_bytes``, every
+    operand with its own DRAM port of ``dram_bytes_per_cycle``. ``hwsim``: one shared DRAM channel and
+    ideal reuse (``hwsim.cost.systolic.memory_cost``).
+    """
+    srams = (hw.ifmap_sram_bytes, hw.filter_sram_bytes, hw.ofmap_sram_bytes)
+    if hw.memory_model == "scalesim":
+        rate = max(1, int(hw.dram_bytes_per_cycle // element_bytes))
+        words = (max(2, size // element_bytes) for size in srams)
+        sim = scalesim_memory_cost(
+            shape, hw.rows, hw.cols, hw.dataflow, ScaleSimMemoryConfig(*words, rate, rate, rate), batch
+        )
+        traffic = sim.ifmap_dram_reads + sim.filter_dram_reads + sim.ofmap_dram_writes
+        return sim.stall_cycles, traffic * element_bytes
+    config = MemoryConfig(*srams, hw.dram_bytes_per_cycle, bytes_per_element=element_bytes)
+    memory = memory_cost(shape, hw.rows, hw.cols, hw.dataflow, config, batch)
+    return memory.stall_cycles, memory.dram_read_bytes + memory.dram_write_bytes
+
+
 def _systolic(hw: Hardware, graph: Graph, node: Node, counts: LayerCounts, batch: int) -> LayerCost:
     cost = LayerCost(node.name, node.op.value)
     if node.op in (Op.CONV2D, Op.LINEAR):
         shape = conv_shape(graph, node)
         compute = layer_cost(shape, hw.rows, hw.cols, hw.dataflow, batch)
         x_bits, _ = _operand_bits(graph, node)
-        memory = memory_cost(
-            shape,
-            hw.rows,
-            hw.cols,
-            hw.dataflow,
-            MemoryConfig(
-                hw.ifmap_sram_bytes,
-                hw.filter_sram_bytes,
-                hw.ofmap_sram_bytes,
-                hw.dram_bytes_per_cycle,
-                bytes_per_element=math.ceil(x_bits / 8),
-            ),
-            batch,
-        )
-        cost.compute_cycles, cost.stall_cycles = compute.cycles + 1, memory.stall_cycles
+        stalls, dram = _memory(hw, shape, math.ceil(x_bits / 8), batch)
+        cost.compute_cycles, cost.stall_cycles = compute.cycles + 1, stalls
         cost.utilization = compute.utilization
-        cost.dram_bytes = memory.dram_read_bytes + memory.dram_write_bytes
+        cost.dram_bytes = dram
         cost.sram_bytes = cost.dram_bytes + counts.input_bytes + counts.weight_bytes + counts.lut_bytes
     elif node.op in (Op.ADD, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.RELU, Op.CLIP):
         # a post-processing unit with one lane per array column

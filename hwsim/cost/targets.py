@@ -8,6 +8,7 @@ from qexport.errors import TargetError
 from qexport.targets import Target
 
 MAX_ARRAY = 4096  # as in target.schema.json
+MEMORY_MODELS = ("hwsim", "scalesim")  # hwsim.cost.systolic.memory_cost, hwsim.cost.scalesim_memory
 ENERGY_KEYS = ("mult_8bit_pj", "add_32bit_pj", "shift_32bit_pj", "lut_read_pj", "sram_byte_pj", "dram_byte_pj")
 
 
@@ -20,6 +21,7 @@ class Hardware:
     rows: int = 0
     cols: int = 0
     dataflow: str = "ws"
+    memory_model: str = "hwsim"
     ifmap_sram_bytes: int = 0
     filter_sram_bytes: int = 0
     ofmap_sram_bytes: int = 0
@@ -30,9 +32,17 @@ class Hardware:
     requant_elements_per_cycle: int = 8
     cache_bytes: int = 0
 
-    def with_overrides(self, array: str | None = None, dataflow: str | None = None) -> Hardware:
-        """Apply ``--array RxC`` and ``--dataflow`` (systolic targets only)."""
+    def with_overrides(
+        self, array: str | None = None, dataflow: str | None = None, memory_model: str | None = None
+    ) -> Hardware:
+        """Apply ``--array RxC``, ``--dataflow`` and ``--memory-model`` (systolic targets only)."""
         updated = self
+        if memory_model is not None:
+            if memory_model not in MEMORY_MODELS:
+                raise TargetError(f"--memory-model {memory_model!r}: expected {' or '.join(MEMORY_MODELS)}")
+            if self.model != "systolic":
+                raise TargetError(f"target {self.name!r} is a {self.model} model: --memory-model does not apply")
+            updated = replace(updated, memory_model=memory_model)
         if array is not None:
             try:
                 rows, cols = (int(v) for v in array.lower().split("x"))
@@ -73,6 +83,7 @@ def hardware_of(target: Target) -> Hardware:
             rows=rows,
             cols=cols,
             dataflow=hw["dataflow"],
+            memory_model=hw.get("memory_model", "hwsim"),
             ifmap_sram_bytes=memory["ifmap_sram_bytes"],
             filter_sram_bytes=memory["filter_sram_bytes"],
             ofmap_sram_bytes=memory["ofmap_sram_bytes"],
