@@ -12,6 +12,7 @@ from rich.table import Table
 
 from qexport.cli_support import entry_point, print_error
 from qexport.data import verification_data
+from qexport.export.rtl_export import array_of
 from qexport.outputs import check_export_directory
 from qexport.pipeline import lower_source, write_export
 from qexport.targets import available_targets, load_target, with_native_bits, with_post_mac
@@ -74,6 +75,9 @@ def main(
     calibrate: Annotated[
         Path | None, typer.Option(help="float ONNX model: .npy calibration inputs (N, C, H, W) to quantize it with")
     ] = None,
+    rtl: Annotated[
+        bool, typer.Option("--rtl", help="also write rtl/: Verilog PEs, array, testbench and vectors per layer")
+    ] = False,
 ) -> None:
     """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
     target_spec = load_target(target)
@@ -81,6 +85,7 @@ def main(
         target_spec = with_native_bits(target_spec, onnx_native_bits)
     if post_mac is not None:
         target_spec = with_post_mac(target_spec, post_mac)
+    rtl_array = array_of(target_spec) if rtl else None
     out_dir = output or Path(f"{source.stem}_{target_spec.name}")
     check_export_directory(out_dir, force)
     with Progress(
@@ -97,6 +102,7 @@ def main(
             progress.update(task, description=name, advance=1 if progress.tasks[task].description != "export" else 0)
 
         export = lower_source(source, target_spec, step, calibrate)
+        export.rtl_array = rtl_array
         result = None
         if verify_outputs and export.checkpoint is None:  # an imported ONNX model (qexport.verify_onnx)
             check = progress.add_task("verify: reference, hwsim, onnxruntime", total=3 * samples)

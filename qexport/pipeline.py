@@ -18,6 +18,7 @@ from qexport.errors import QExportError
 from qexport.export.c_code import write_c
 from qexport.export.hls_code import write_hls
 from qexport.export.onnx_qdq import export_onnx
+from qexport.export.rtl_export import write_rtl
 from qexport.frontend.lower import lower
 from qexport.ir.graph import Graph
 from qexport.ir.ops import Op
@@ -71,6 +72,7 @@ class Export:
     report: dict[str, Any]
     board_code: tuple[str, ...] = ()  # the target's export.board_code: "c", "hls"
     source_model: onnx.ModelProto | None = None  # the imported ONNX model (what --verify runs)
+    rtl_array: tuple[int, int] | None = None  # qexport --rtl: write rtl/ for this rows x cols array
 
 
 def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) -> Export:
@@ -135,6 +137,9 @@ def write_export(export: Export, out_dir: Path, force: bool = False, step: Step 
             if writer is not None:
                 step(f"write {code} board code")
                 writer(export.graph, staging)
+        if export.rtl_array is not None:
+            step("write rtl")
+            write_rtl(export.graph, staging, *export.rtl_array)
         export.report["files"] = file_manifest(staging)
         export.report["write_seconds"] = round(time.perf_counter() - started, 3)
         (staging / REPORT_FILE).write_text(json.dumps(export.report, indent=1))
