@@ -43,11 +43,12 @@ def register(importer: Importer) -> Importer:
 
 
 def _register_builtin() -> None:
-    from qexport.frontend import onnx_brevitas_qcdq, onnx_ort_qdq, onnx_ort_qop
+    from qexport.frontend import onnx_brevitas_qcdq, onnx_ort_qdq, onnx_ort_qop, onnx_qonnx
 
     register(Importer(onnx_ort_qop.NAME, onnx_ort_qop.detect, onnx_ort_qop.load, 10, "onnxruntime QOperator"))
     register(Importer(onnx_brevitas_qcdq.NAME, onnx_brevitas_qcdq.detect, onnx_brevitas_qcdq.load, 30, "Brevitas QCDQ"))
     register(Importer(onnx_ort_qdq.NAME, onnx_ort_qdq.detect, onnx_ort_qdq.load, 40, "onnxruntime QDQ"))
+    register(Importer(onnx_qonnx.NAME, onnx_qonnx.detect, onnx_qonnx.load, 20, "QONNX (Quant/BipolarQuant/Trunc)"))
 
 
 def _load_modules() -> None:

@@ -834,6 +834,9 @@ class _Importer:
         return check_graph(infer_accumulator_bits(self.graph, self.max_acc_bits))
 
 
+NAME = "qonnx"
+
+
 def is_qonnx(model: onnx.ModelProto) -> bool:
     """True when the model holds QONNX's Quant / BipolarQuant / Trunc nodes."""
     return any(node.op_type in QONNX_OPS for node in model.graph.node)
@@ -845,3 +848,17 @@ def import_qonnx(model: onnx.ModelProto, source: str = "model.onnx", max_acc_bit
         return _Importer(model, source, max_acc_bits).run()
     except QExportError as error:
         raise type(error)(f"{source}: {error}") from None
+
+
+detect = is_qonnx
+
+
+def load(model: onnx.ModelProto, name: str, max_acc_bits: int = DEFAULT_MAX_ACC_BITS) -> Graph:
+    """The dispatcher's entry point (``qexport.frontend.onnx_import``): errors are prefixed by the caller."""
+    graph = _Importer(model, name, max_acc_bits).run()
+    graph.name = name
+    produced = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
+    accumulators = {n.outputs[0] for n in graph.nodes if n.op in (Op.CONV2D, Op.LINEAR, Op.ADD)}
+    # IR tensor -> the ONNX tensor holding its real value scale * (q - zero point) (for layer-by-layer checks)
+    graph.metadata["qonnx_tensors"] = {t: t for t in graph.tensors if t in produced and t not in accumulators}
+    return graph
