@@ -402,3 +402,18 @@ def test_memory_cost_spills_partial_sums_that_do_not_fit():
         assert (roomy.ofmap_read_bytes, roomy.dram_write_bytes) == (0, ofmap)
         assert (tight.ofmap_read_bytes, tight.dram_write_bytes) == ((folds - 1) * ofmap, folds * ofmap)
         assert tight.stall_cycles > roomy.stall_cycles
+
+
+def test_memory_cost_spills_partial_sums_at_accumulator_width():
+    s = ConvShape(16, 16, 64, 32, 3, 3, pad=(1, 1, 1, 1))
+    outputs = 16 * 16 * 32
+    for dataflow in ("ws", "is"):
+        plan = fold_plan(s, 16, 16, dataflow)
+        folds, tile = plan.row_folds, plan.temporal * min(16, plan.spatial_cols)  # a column fold's partial sums
+        sram = 2 * tile * 2  # half of it holds them at 2 bytes each, not at 4
+        narrow = memory_cost(s, 16, 16, dataflow, MemoryConfig(1 << 20, 1 << 20, sram, 8, psum_bytes_per_element=2))
+        wide = memory_cost(s, 16, 16, dataflow, MemoryConfig(1 << 20, 1 << 20, sram, 8, psum_bytes_per_element=4))
+        assert (narrow.ofmap_read_bytes, narrow.dram_write_bytes) == (0, outputs)
+        assert wide.ofmap_read_bytes == (folds - 1) * 4 * outputs
+        assert wide.dram_write_bytes == outputs + (folds - 1) * 4 * outputs  # final outputs at 1 byte
+        assert wide.stall_cycles > narrow.stall_cycles

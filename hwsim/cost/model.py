@@ -152,12 +152,12 @@ def _energy(hw: Hardware, graph: Graph, node: Node, counts: LayerCounts, sram: i
     }
 
 
-def _memory(hw: Hardware, shape: ConvShape, element_bytes: int, batch: int) -> tuple[int, int]:
+def _memory(hw: Hardware, shape: ConvShape, element_bytes: int, acc_bytes: int, batch: int) -> tuple[int, int]:
     """Stall cycles and DRAM bytes of a conv/linear layer under the target's memory model.
 
     ``scalesim``: SCALE-Sim 3.0.0's buffers in USER bandwidth mode, words of ``element_bytes``, every
     operand with its own DRAM port of ``dram_bytes_per_cycle``. ``hwsim``: one shared DRAM channel and
-    ideal reuse (``hwsim.cost.systolic.memory_cost``).
+    ideal reuse (``hwsim.cost.systolic.memory_cost``), partial sums spilled at ``acc_bytes``.
     """
     srams = (hw.ifmap_sram_bytes, hw.filter_sram_bytes, hw.ofmap_sram_bytes)
     if hw.memory_model == "scalesim":
@@ -168,7 +168,9 @@ def _memory(hw: Hardware, shape: ConvShape, element_bytes: int, batch: int) -> t
         )
         traffic = sim.ifmap_dram_reads + sim.filter_dram_reads + sim.ofmap_dram_writes
         return sim.stall_cycles, traffic * element_bytes
-    config = MemoryConfig(*srams, hw.dram_bytes_per_cycle, bytes_per_element=element_bytes)
+    config = MemoryConfig(
+        *srams, hw.dram_bytes_per_cycle, bytes_per_element=element_bytes, psum_bytes_per_element=acc_bytes
+    )
     memory = memory_cost(shape, hw.rows, hw.cols, hw.dataflow, config, batch)
     return memory.stall_cycles, memory.dram_read_bytes + memory.dram_write_bytes
 
@@ -179,7 +181,7 @@ def _systolic(hw: Hardware, graph: Graph, node: Node, counts: LayerCounts, batch
         shape = conv_shape(graph, node)
         compute = layer_cost(shape, hw.rows, hw.cols, hw.dataflow, batch)
         x_bits, _ = _operand_bits(graph, node)
-        stalls, dram = _memory(hw, shape, math.ceil(x_bits / 8), batch)
+        stalls, dram = _memory(hw, shape, math.ceil(x_bits / 8), math.ceil((counts.acc_bits or 32) / 8), batch)
         cost.compute_cycles, cost.stall_cycles = compute.cycles + 1, stalls
         cost.utilization = compute.utilization
         cost.dram_bytes = dram

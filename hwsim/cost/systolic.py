@@ -214,6 +214,8 @@ class MemoryConfig:
 
     With ``ifmap_im2col`` the ifmap SRAM and DRAM traffic hold the im2col-expanded matrix
     (``Sr x T``, as SCALE-Sim does); otherwise the raw ifmap, expanded by the address generator.
+    Partial sums (ws/is, accumulated over row folds) are ``psum_bytes_per_element`` wide (the
+    accumulator; default: the ofmap element), final outputs ``ofmap_bytes_per_element``.
     """
 
     ifmap_sram_bytes: int
@@ -223,11 +225,17 @@ class MemoryConfig:
     bytes_per_element: int = 1
     ofmap_bytes_per_element: int | None = None
     ifmap_im2col: bool = False
+    psum_bytes_per_element: int | None = None
 
     @property
     def out_bytes(self) -> int:
-        """Bytes of an ofmap (or partial-sum) element."""
+        """Bytes of a final ofmap element."""
         return self.ofmap_bytes_per_element or self.bytes_per_element
+
+    @property
+    def psum_bytes(self) -> int:
+        """Bytes of a partial sum (an accumulator)."""
+        return self.psum_bytes_per_element or self.out_bytes
 
 
 @dataclass(frozen=True)
@@ -301,12 +309,14 @@ def _traffic_os(shape: ConvShape, plan: FoldPlan, mem: MemoryConfig, batch: int)
 
 def _traffic_stationary(shape: ConvShape, plan: FoldPlan, mem: MemoryConfig, batch: int) -> _Traffic:
     """ws/is: stationary tiles are fetched once, the streamed operand once per column fold unless it
-    fits, and a column fold's partial sums (``temporal x cols``) spill when they exceed half the ofmap SRAM."""
+    fits, and a column fold's partial sums (``temporal x cols`` accumulators) spill when they exceed half
+    the ofmap SRAM: written and read back at accumulator width once per extra row fold."""
     a, b, o = _operand_bytes(shape, plan, mem, batch)
     half_a, half_b, half_o = _halves(mem)
     r, c, el = min(plan.rows, plan.spatial_rows), min(plan.cols, plan.spatial_cols), mem.bytes_per_element
-    psum_tile = plan.temporal * c * mem.out_bytes
-    spill = 0 if psum_tile <= half_o else o * (plan.row_folds - 1)
+    psum_tile = plan.temporal * c * mem.psum_bytes
+    psums = o // mem.out_bytes * mem.psum_bytes
+    spill = 0 if psum_tile <= half_o else psums * (plan.row_folds - 1)
     if plan.dataflow == "ws":  # filters stationary, ifmap streamed
         ifmap, filters = _reads(a, a <= half_a, plan.col_folds), b
     else:  # is: ifmap stationary, filters streamed
@@ -322,7 +332,7 @@ def memory_cost(shape: ConvShape, rows: int, cols: int, dataflow: str, mem: Memo
     the dataflow re-streams (os/ws: ifmap, is: filters) is fetched once per column fold (and in os a
     filter block that does not fit is fetched once per row fold). ws/is accumulate partial sums over
     the row folds; when a column fold's partial sums do not fit in half the ofmap SRAM they are
-    spilled (written and read back) each row fold.
+    spilled (written and read back, at accumulator width) each row fold.
 
     Timing: what the first MAC needs is fetched before compute starts (prologue: os one ifmap and
     one filter vector, ws/is the stationary tile and one streamed vector) and what the last cycle
