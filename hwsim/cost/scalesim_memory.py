@@ -152,34 +152,58 @@ def streams(shape: ConvShape, rows: int, cols: int, dataflow: str) -> Streams:
     ifmap, filt, ofmap = operand_matrices(shape)
     px, t, sc = ifmap.shape[0], ifmap.shape[1], filt.shape[1]
     dem_i, dem_f, dem_o = [], [], []
+    # a fold's demand that depends on one fold index only is built once
     if dataflow == "os":  # array rows: pixels, columns: filters, time: window
         it = ifmap.T
         pre_i, pre_f = diagonal_order(_col_folds(it, rows)), diagonal_order(_col_folds(filt, cols))
-        for fc in range(math.ceil(sc / cols)):
-            for fr in range(math.ceil(px / rows)):
-                dem_i.append(skew(np.concatenate([_block(it, 0, t, fr * rows, rows), _gap(cols - 1, rows)])))
-                dem_f.append(skew(np.concatenate([_block(filt, 0, t, fc * cols, cols), _gap(rows - 1, cols)])))
+        row_folds, col_folds = math.ceil(px / rows), math.ceil(sc / cols)
+        by_row = [
+            skew(np.concatenate([_block(it, 0, t, r * rows, rows), _gap(cols - 1, rows)])) for r in range(row_folds)
+        ]
+        by_col = [
+            skew(np.concatenate([_block(filt, 0, t, c * cols, cols), _gap(rows - 1, cols)])) for c in range(col_folds)
+        ]
+        for fc in range(col_folds):
+            for fr in range(row_folds):
+                dem_i.append(by_row[fr])
+                dem_f.append(by_col[fc])
                 tile = _block(ofmap, fr * rows, rows, fc * cols, cols)[::-1]
                 dem_o.append(skew(np.concatenate([_gap(t - 1, cols), tile])))
     elif dataflow == "ws":  # array rows: window, columns: filters, time: pixels
         pre_i, pre_f = diagonal_order(_col_folds(ifmap, rows)), _col_folds(filt, cols).ravel()
-        for fc in range(math.ceil(sc / cols)):
-            for fr in range(math.ceil(t / rows)):
-                block = _block(ifmap, 0, px, fr * rows, rows)
-                dem_i.append(skew(np.concatenate([_gap(rows, rows), block, _gap(cols - 1, rows)])))
+        row_folds, col_folds = math.ceil(t / rows), math.ceil(sc / cols)
+        by_row = [
+            skew(np.concatenate([_gap(rows, rows), _block(ifmap, 0, px, r * rows, rows), _gap(cols - 1, rows)]))
+            for r in range(row_folds)
+        ]
+        by_col = [
+            skew(np.concatenate([_gap(2 * rows - 1, cols), _block(ofmap, 0, px, c * cols, cols)]))
+            for c in range(col_folds)
+        ]
+        for fc in range(col_folds):
+            for fr in range(row_folds):
+                dem_i.append(by_row[fr])
                 tile = _block(filt, fr * rows, rows, fc * cols, cols)[::-1]
                 dem_f.append(np.concatenate([tile, _gap(rows + cols + px - 2, cols)]))
-                dem_o.append(skew(np.concatenate([_gap(2 * rows - 1, cols), _block(ofmap, 0, px, fc * cols, cols)])))
+                dem_o.append(by_col[fc])
     else:  # is: array rows: window, columns: pixels, time: filters
         it, ft, ot = ifmap.T, filt.T, ofmap.T
         pre_i, pre_f = _col_folds(it, cols).ravel(), diagonal_order(_col_folds(ft, rows))
-        for fc in range(math.ceil(px / cols)):
-            for fr in range(math.ceil(t / rows)):
+        row_folds, col_folds = math.ceil(t / rows), math.ceil(px / cols)
+        by_row = [
+            skew(np.concatenate([_gap(rows, rows), _block(ft, 0, sc, r * rows, rows), _gap(cols - 1, rows)]))
+            for r in range(row_folds)
+        ]
+        by_col = [
+            skew(np.concatenate([_gap(2 * rows - 1, cols), _block(ot, 0, sc, c * cols, cols)]))
+            for c in range(col_folds)
+        ]
+        for fc in range(col_folds):
+            for fr in range(row_folds):
                 tile = _block(it, fr * rows, rows, fc * cols, cols)[::-1]
                 dem_i.append(np.concatenate([tile, _gap(rows + cols + sc - 2, cols)]))
-                block = _block(ft, 0, sc, fr * rows, rows)
-                dem_f.append(skew(np.concatenate([_gap(rows, rows), block, _gap(cols - 1, rows)])))
-                dem_o.append(skew(np.concatenate([_gap(2 * rows - 1, cols), _block(ot, 0, sc, fc * cols, cols)])))
+                dem_f.append(by_row[fr])
+                dem_o.append(by_col[fc])
     return Streams(pre_i, pre_f, np.concatenate(dem_i), np.concatenate(dem_f), np.concatenate(dem_o))
 
 
@@ -215,11 +239,12 @@ def read_buffer_run(prefetch: np.ndarray, demand: np.ndarray, sram_words: int, b
     if p == 0:
         raise ValueError(f"SCALE-Sim read buffer of {sram_words} words cannot move its window")
     # lines holding each address (an im2col address sits in up to kernel_h * kernel_w lines)
-    pairs = np.unique(np.stack([valid, np.arange(valid.size) // per_line], axis=1), axis=0)
-    addrs, first = np.unique(pairs[:, 0], return_index=True)
-    rank = np.arange(pairs.shape[0]) - np.repeat(first, np.diff(np.append(first, pairs.shape[0])))
+    keys = np.unique(valid * n + np.arange(valid.size) // per_line)  # (address, line) pairs, sorted
+    pair_addr, pair_line = np.divmod(keys, n)
+    addrs, first = np.unique(pair_addr, return_index=True)
+    rank = np.arange(keys.size) - np.repeat(first, np.diff(np.append(first, keys.size)))
     table = np.full((addrs.size, int(rank.max()) + 1), -1, dtype=np.int64)
-    table[np.searchsorted(addrs, pairs[:, 0]), rank] = pairs[:, 1]
+    table[np.searchsorted(addrs, pair_addr), rank] = pair_line
     entry_rows, entry_cols = np.nonzero(demand >= 0)
     wanted = demand[entry_rows, entry_cols]
     where = np.searchsorted(addrs, wanted)
