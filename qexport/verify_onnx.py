@@ -105,11 +105,16 @@ def verify_import(
     result.paths.append(compare("hwsim", reference, hwsim_integers(graph, inputs), labels, 0))
     if progress:
         progress(len(inputs))
-    observed = onnxruntime_original(graph, model, inputs)
+    path, run_original = ORT_PATH, onnxruntime_original
+    if graph.metadata.get("onnx_format") == "qonnx":  # custom-domain ops: the qonnx executor runs the file
+        from qexport.verify_qonnx import QONNX_PATH, qonnx_original
+
+        path, run_original = QONNX_PATH, qonnx_original
+    observed = run_original(graph, model, inputs)
     if progress:
         progress(len(inputs))
-    result.paths.append(compare(ORT_PATH, reference, observed[graph.outputs[0]], labels, 0 if exact else None))
-    result.layerwise[ORT_PATH] = layerwise_errors(graph, inputs, observed)
+    result.paths.append(compare(path, reference, observed[graph.outputs[0]], labels, 0 if exact else None))
+    result.layerwise[path] = layerwise_errors(graph, inputs, observed)
     return result
 
 

@@ -857,7 +857,7 @@ def load(model: onnx.ModelProto, name: str, max_acc_bits: int = DEFAULT_MAX_ACC_
     """The dispatcher's entry point (``qexport.frontend.onnx_import``): errors are prefixed by the caller."""
     graph = _Importer(model, name, max_acc_bits).run()
     graph.name = name
-    produced = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
+    produced = {out for node in model.graph.node for out in node.output}  # the graph input is still float
     accumulators = {n.outputs[0] for n in graph.nodes if n.op in (Op.CONV2D, Op.LINEAR, Op.ADD)}
     # IR tensor -> the ONNX tensor holding its real value scale * (q - zero point) (for layer-by-layer checks)
     graph.metadata["qonnx_tensors"] = {t: t for t in graph.tensors if t in produced and t not in accumulators}
