@@ -8,6 +8,7 @@ trial or of one hardware point, e.g. a weight format the target does not offer) 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -34,14 +35,21 @@ def pin_process() -> None:
 
 
 @cache
-def float_model(path: str | None) -> Any:
-    """The float digits CNN every trial starts from (cached per process; never modified)."""
+def float_model(path: str | None, sha256: str) -> Any:
+    """The float digits CNN every trial starts from (cached per process; never modified), checked
+    against the checksum the trial's key holds."""
+    from qexport.dse.space import TRAINED_FLOAT
+
     if path is None:
+        if sha256 != TRAINED_FLOAT:
+            raise QExportError(f"trial needs float weights with sha256 {sha256[:12]}... but names no file")
         from qexport.train_cli import train_float
 
         return train_float()[0]
     from qexport.checkpoint import load_float_weights
 
+    if hashlib.sha256(Path(path).read_bytes()).hexdigest() != sha256:
+        raise QExportError(f"{path}: float weights changed since the trial was defined (sha256 differs)")
     model, architecture, _ = load_float_weights(path)
     if architecture != ARCHITECTURE:
         raise QExportError(f"{path}: architecture {architecture!r}, expected {ARCHITECTURE!r}")
@@ -73,7 +81,15 @@ def quantize(config: TrialConfig) -> Any:
     )
     data = (x_train[: config.train_samples], y_train[: config.train_samples])
     lr = config.lr if config.lr > 0 else 2e-3
-    return run_method(config.method, float_model(config.float_weights), base, data, config.epochs, lr, config.seed)
+    return run_method(
+        config.method,
+        float_model(config.float_weights, config.float_sha256),
+        base,
+        data,
+        config.epochs,
+        lr,
+        config.seed,
+    )
 
 
 def integer_accuracy(graph: Any) -> float:

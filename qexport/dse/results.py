@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def write_outputs(
         report["best"].update(trial_config=best["config"].to_dict(), hardware_config=best["point"].to_dict())
         if checkpoint is not None:
             (staging / "best").mkdir()
-            data, accuracy = checkpoint(best["config"])
+            data, accuracy = checkpoint(replace(best["config"], float_weights=space.float_weights))
             if accuracy != best["accuracy"]:
                 raise DseError(
                     f"best point {best['trial']}: re-quantized accuracy {accuracy} differs from the sweep's "
