@@ -78,6 +78,9 @@ def main(
     rtl: Annotated[
         bool, typer.Option("--rtl", help="also write rtl/: Verilog PEs, array, testbench and vectors per layer")
     ] = False,
+    qonnx: Annotated[
+        bool, typer.Option("--qonnx", help="also write model.qonnx.onnx (QONNX Quant graph, for FINN and hls4ml)")
+    ] = False,
 ) -> None:
     """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
     target_spec = load_target(target)
@@ -103,6 +106,10 @@ def main(
 
         export = lower_source(source, target_spec, step, calibrate)
         export.rtl_array = rtl_array
+        if qonnx:
+            from qexport.export.qonnx_export import export_qonnx
+
+            export.qonnx_model = export_qonnx(export.graph)
         result = None
         if verify_outputs and export.checkpoint is None:  # an imported ONNX model (qexport.verify_onnx)
             check = progress.add_task("verify: reference, hwsim, onnxruntime", total=3 * samples)

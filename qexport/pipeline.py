@@ -73,6 +73,7 @@ class Export:
     board_code: tuple[str, ...] = ()  # the target's export.board_code: "c", "hls"
     source_model: onnx.ModelProto | None = None  # the imported ONNX model (what --verify runs)
     rtl_array: tuple[int, int] | None = None  # qexport --rtl: write rtl/ for this rows x cols array
+    qonnx_model: onnx.ModelProto | None = None  # qexport --qonnx: written as model.qonnx.onnx
 
 
 def lower_checkpoint(source: Path, target: Target, step: Step = lambda _: None) -> Export:
@@ -132,6 +133,8 @@ def write_export(export: Export, out_dir: Path, force: bool = False, step: Step 
         onnx.save_model(export.model, str(staging / "model.onnx"))
         step("write layer spec")
         write_spec(export.graph, staging)
+        if export.qonnx_model is not None:
+            onnx.save_model(export.qonnx_model, str(staging / "model.qonnx.onnx"))
         for code in export.board_code:
             writer = BOARD_WRITERS.get(code)
             if writer is not None:
