@@ -60,9 +60,30 @@ class PlainCnn(nn.Module):
         return self.fc(torch.flatten(self.gap(x), 1))
 
 
-def float_onnx(path: Path, seed: int = 0, plain: bool = False) -> Path:
+class InvertedResidualCnn(nn.Module):
+    """MobileNetV2-like: BN folded into convs, ReLU6 (Clip), depthwise conv, residual, view + matmul + bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(8, 24, 1), nn.BatchNorm2d(24), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.BatchNorm2d(24), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(24, 8, 1), nn.BatchNorm2d(8))
+        self.weight = nn.Parameter(torch.randn(8 * 4 * 4, 10) * 0.1)
+        self.bias = nn.Parameter(torch.randn(10) * 0.1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = nn.functional.max_pool2d(x + self.project(self.depthwise(self.expand(x))), 2)
+        return x.view(x.size(0), -1) @ self.weight + self.bias
+
+
+NETS = {"small": SmallCnn, "plain": PlainCnn, "inverted": InvertedResidualCnn}
+
+
+def float_onnx(path: Path, seed: int = 0, net: str = "small") -> Path:
     torch.manual_seed(seed)
-    model = (PlainCnn() if plain else SmallCnn()).eval()
+    model = NETS[net]().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -79,13 +100,12 @@ def float_onnx(path: Path, seed: int = 0, plain: bool = False) -> Path:
 
 
 def ort_model(
-    directory: Path, fmt: str, activations: str, per_channel: bool, seed: int = 0, plain: bool = False
+    directory: Path, fmt: str, activations: str, per_channel: bool, seed: int = 0, net: str = "small"
 ) -> Path:
     """onnxruntime quantize_static output: fmt QDQ or QOperator, activations s8 or u8 (weights s8)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    net = "plain" if plain else "small"
-    source = float_onnx(directory / f"float_{net}_{seed}.onnx", seed, plain)
+    source = float_onnx(directory / f"float_{net}_{seed}.onnx", seed, net)
     data = digits(64)
 
     class Reader(CalibrationDataReader):

@@ -85,7 +85,7 @@ def test_qexport_verify_and_hwsim_run_match_onnxruntime(workspace, fmt, acts, pe
 @pytest.mark.parametrize("acts", ["s8", "u8"])
 def test_qoperator_convs_gemm_and_global_pool_are_bit_exact(workspace, acts):
     """QLinearConv / QGemm / QLinearGlobalAveragePool requantize in float32: the import is exact by construction."""
-    model = ort_model(workspace, "QOperator", acts, True, plain=True)
+    model = ort_model(workspace, "QOperator", acts, True, net="plain")
     graph = import_onnx(model)
     assert exact_import(graph)
     report = run_verify(model, workspace / f"{model.stem}_export")
@@ -96,7 +96,7 @@ def test_qoperator_convs_gemm_and_global_pool_are_bit_exact(workspace, acts):
 
 def test_reexported_onnx_runs_in_onnxruntime(workspace):
     """The float requantize form re-exports as Div/Mul/QuantizeLinear(scale 1) and loads with default options."""
-    model = ort_model(workspace, "QOperator", "u8", True, plain=True)
+    model = ort_model(workspace, "QOperator", "u8", True, net="plain")
     out = workspace / "reexport"
     run_verify(model, out)
     graph = import_onnx(model)
@@ -110,3 +110,14 @@ def test_reexported_onnx_runs_in_onnxruntime(workspace):
         logits = session.run(None, {session.get_inputs()[0].name: inputs})[0]
         got = np.rint(logits / np.float32(quant.scale)).astype(np.int64)
         assert np.abs(got - expected).max() <= 1  # float convolution in the re-export (docs/interop.md)
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_relu6_depthwise_residual_view_and_matmul(workspace, fmt):
+    """MobileNetV2-like block: Clip(0, 6), depthwise conv, residual add, x.view(N, -1) (Shape/Gather/Concat
+    folded), MatMul + bias (QLinearMatMul + QLinearAdd of a constant in QOperator form)."""
+    model = ort_model(workspace, fmt, "u8", True, net="inverted")
+    report = run_verify(model, workspace / f"{model.stem}_export")
+    assert paths(report)["hwsim"]["max_error_lsb"] == 0
+    assert paths(report)[ORT_PATH]["max_error_lsb"] <= 1  # docs/interop.md, inverted-residual row
+    assert all(worst <= 1 for worst, _ in report["verification"]["layerwise"].values())

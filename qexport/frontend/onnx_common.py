@@ -254,3 +254,80 @@ def conv_attrs(node: onnx.NodeProto) -> dict:
         "dilation": [int(d) for d in attrs.get("dilations", [1, 1])],
         "groups": int(attrs.get("group", 1)),
     }
+
+
+SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast"})
+
+
+def fold_shape_op(node: onnx.NodeProto, inputs: list, shape_of) -> np.ndarray | None:
+    """Constant-fold the shape arithmetic of ``x.view(x.size(0), -1)``-style exports, or None.
+
+    ``Shape`` of an IR tensor gives its dims with the batch as 0, which Reshape reads as "keep this
+    dimension", so the folded target shape is right for any batch size. ``inputs`` holds numpy
+    arrays for constant inputs and None otherwise; ``shape_of(name)`` the IR shape of a tensor input.
+    """
+    if node.op_type not in SHAPE_OPS:
+        return None
+    attrs = attributes(node)
+    if node.op_type == "Shape":
+        shape = shape_of(node.input[0])
+        if shape is None or "start" in attrs or "end" in attrs:
+            return None
+        return np.array([0, *shape[1:]], dtype=np.int64)
+    if any(value is None for value in inputs):
+        return None
+    if node.op_type == "Gather":
+        return np.take(inputs[0], inputs[1], axis=int(attrs.get("axis", 0)))
+    if node.op_type == "Unsqueeze":
+        axes = attrs.get("axes", inputs[1].tolist() if len(inputs) > 1 else [0])
+        return np.expand_dims(inputs[0], tuple(int(a) for a in axes))
+    if node.op_type == "Squeeze":
+        axes = attrs.get("axes", inputs[1].tolist() if len(inputs) > 1 else None)
+        return np.squeeze(inputs[0], None if axes is None else tuple(int(a) for a in axes))
+    if node.op_type == "Cast":
+        return inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    return np.concatenate([np.atleast_1d(v) for v in inputs], axis=int(attrs.get("axis", 0)))
+
+
+CONSTANT_ADD_BITS = 16  # a constant added to a tensor is rounded onto the grid scale / 2**16
+
+
+def add_constant(b: Builder, name: str, tensor: str, real: np.ndarray, where: onnx.NodeProto) -> tuple[str, np.ndarray]:
+    """``tensor + constant`` (one value or one per channel) as an exact integer accumulator.
+
+    ``(x - zp) * 2**16`` through an identity depthwise conv2d (4-D) or diagonal linear (2-D) whose bias
+    is the constant rounded onto ``scale / 2**16``; returns (accumulator, its per-channel scale).
+    """
+    info = b.graph.tensors[tensor]
+    channels = info.shape[1]
+    if real.size not in (1, channels) or (real.ndim and real.size != max(real.shape)):
+        raise unsupported(where, f"constant of shape {real.shape} does not broadcast per channel")
+    acc_scale = np.full(channels, float(info.quant.scale) / (1 << CONSTANT_ADD_BITS))
+    bias = np.rint(np.broadcast_to(np.asarray(real, dtype=np.float64).reshape(-1), (channels,)) / acc_scale)
+    if np.abs(bias).max(initial=0) >= 1 << 31:
+        raise unsupported(where, "constant too large for a 32-bit bias on the input's grid")
+    one = 1 << CONSTANT_ADD_BITS
+    if len(info.shape) == 4:
+        weight = b.add_weight(f"{name}_identity", np.full((channels, 1, 1, 1), one), 1.0, 0)
+        attrs = {"stride": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "groups": channels}
+        op = Op.CONV2D
+    elif len(info.shape) == 2:
+        weight, attrs, op = (
+            b.add_weight(f"{name}_identity", np.eye(channels, dtype=np.int64) * one, 1.0, 0),
+            {},
+            Op.LINEAR,
+        )
+    else:
+        raise unsupported(where, f"adding a constant to a rank-{len(info.shape)} tensor")
+    bias_name = b.add_weight(f"{name}_constant", bias.astype(np.int64), acc_scale, 0, IntType(True, 32))
+    acc = b.add_node(
+        op,
+        name,
+        [tensor],
+        IntType(True, 32),
+        QuantInfo(acc_scale.tolist(), 0, 1),
+        weight=weight,
+        bias=bias_name,
+        **attrs,
+    )
+    return acc, acc_scale

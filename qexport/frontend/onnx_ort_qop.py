@@ -20,9 +20,11 @@ from qexport.frontend.onnx_common import (
     Builder,
     Const,
     IntTensor,
+    add_constant,
     attributes,
     constant_values,
     conv_attrs,
+    fold_shape_op,
     graph_input_shape,
     int_type_of,
     ones_pool_weight,
@@ -58,6 +60,10 @@ class QopLowerer:
         self.values: dict[str, IntTensor] = {}
         self.dequantized: dict[str, str] = {}  # ONNX DequantizeLinear output -> IR tensor
 
+    def ir_shape(self, name: str) -> tuple[int, ...] | None:
+        tensor = self.values[name].tensor if name in self.values else self.dequantized.get(name)
+        return None if tensor is None else self.b.graph.tensors[tensor].shape
+
     def const(self, node: onnx.NodeProto, index: int) -> np.ndarray:
         if index >= len(node.input) or node.input[index] not in self.consts:
             raise unsupported(node, f"input {index} must be a constant")
@@ -83,6 +89,11 @@ class QopLowerer:
     def run(self, max_acc_bits: int) -> Graph:
         for node in self.model.graph.node:
             if node.op_type == "Constant":
+                continue
+            inputs = [self.consts.get(name) for name in node.input]
+            folded = fold_shape_op(node, inputs, self.ir_shape)
+            if folded is not None:
+                self.consts[node.output[0]] = folded
                 continue
             handler = getattr(self, f"op_{node.op_type}", None)
             if handler is None:
@@ -218,6 +229,16 @@ class QopLowerer:
         )
 
     def op_QLinearAdd(self, node):  # noqa: N802
+        constant = next((i for i in (3, 0) if node.input[i] in self.consts), None)
+        if constant is not None:  # a quantized constant operand (e.g. MatMul + bias)
+            x = self.tensor(node, 3 - constant, 4 - constant)
+            q, scale, zero = (self.const(node, constant + k) for k in range(3))
+            real = (q.astype(np.int64) - zero.astype(np.int64)) * scale.astype(np.float64)
+            acc, acc_scale = add_constant(self.b, node.name or "add", x, real, node)
+            y_scale, kind, quant = self.output_quant(node, 6)
+            return requantize_integer(
+                self.b, f"{node.name}_requant", acc, acc_scale / y_scale, kind, quant, (kind.min, kind.max)
+            )
         a, b_ = self.tensor(node, 0, 1), self.tensor(node, 3, 4)
         if self.b.graph.tensors[a].shape != self.b.graph.tensors[b_].shape:
             raise unsupported(node, "QLinearAdd operands must have the same shape (no broadcasting)")

@@ -25,9 +25,11 @@ from qexport.frontend.onnx_common import (
     IntTensor,
     OnGrid,
     QuantConst,
+    add_constant,
     attributes,
     constant_values,
     conv_attrs,
+    fold_shape_op,
     graph_input_shape,
     int_type_of,
     ones_pool_weight,
@@ -102,11 +104,18 @@ class QdqMatcher:
             self.b.graph.outputs.append(value.tensor)
         return self.b.finish(max_acc_bits)
 
+    def ir_shape(self, name: str) -> tuple[int, ...] | None:
+        value = self.values.get(name)
+        return self.b.graph.tensors[value.tensor].shape if isinstance(value, OnGrid | IntTensor) else None
+
     def producer(self, tensor: str) -> onnx.NodeProto:
         return next(node for node in self.model.graph.node if tensor in node.output)
 
     def lower(self, node: onnx.NodeProto) -> object:
         args = [self.values.get(name) if name else None for name in node.input]
+        folded = fold_shape_op(node, [a.value if isinstance(a, Const) else None for a in args], self.ir_shape)
+        if folded is not None:
+            return Const(folded)
         handler = getattr(self, f"op_{node.op_type}", None)
         if node.op_type in PASS_THROUGH:
             return args[0]
@@ -285,6 +294,12 @@ class QdqMatcher:
             integers = self.bias(node, rhs, lhs.scale)
             producer.attrs["bias"] = self.b.add_weight(f"{producer.name}_bias", integers, lhs.scale, 0, INT32)
             return lhs
+        if isinstance(rhs, OnGrid) and isinstance(lhs, QuantConst | Const):
+            lhs, rhs = rhs, lhs
+        if isinstance(lhs, OnGrid) and isinstance(rhs, QuantConst | Const):
+            real = rhs.value if isinstance(rhs, Const) else (rhs.q - rhs.zero_point) * rhs.scale
+            acc, scale = add_constant(self.b, node.name or "add", lhs.tensor, np.asarray(real, np.float64), node)
+            return Accumulator(acc, scale)
         (a, qa), (b_, qb) = self.grid_input(node, lhs), self.grid_input(node, rhs)
         if self.b.graph.tensors[a].shape != self.b.graph.tensors[b_].shape:
             raise unsupported(node, "Add operands must have the same shape (no broadcasting)")
