@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -345,30 +346,41 @@ def digits_spec(tmp_path_factory: pytest.TempPathFactory, digits_checkpoint) -> 
     return out / "layer_spec.json"
 
 
-def test_estimate_memory_model_option_uses_scalesim_buffers(digits_spec: Path, tmp_path: Path):
+def test_estimate_memory_model_from_target_and_option(digits_spec: Path, tmp_path: Path):
     from cli_runner import invoke
 
     from hwsim.cli import app
     from hwsim.cost.model import conv_shape
-    from hwsim.cost.targets import hardware_of
     from qexport.ir.serialize import read_spec
-    from qexport.targets import load_target
 
-    args = ["estimate", str(digits_spec), "--target", "asic", "--array", "8x8", "--dataflow", "os"]
+    text = (
+        (resources.files("qexport.targets") / "asic.toml")
+        .read_text()
+        .replace('dataflow = "ws"', 'dataflow = "ws"\nmemory_model = "scalesim"')
+    )
+    for key in ("ifmap_sram_bytes", "filter_sram_bytes", "ofmap_sram_bytes"):
+        text = text.replace(f"{key} = 1048576", f"{key} = 600")
+    target = tmp_path / "small.toml"
+    target.write_text(text.replace("dram_bytes_per_cycle = 16.0", "dram_bytes_per_cycle = 2.0"))
+    args = ["estimate", str(digits_spec), "--target", str(target), "--array", "8x8", "--batch", "2"]
     reports = {}
     for model in ("scalesim", "hwsim"):
-        result = invoke(app, *args, "--memory-model", model, "--batch", "2", "--json", str(tmp_path / f"{model}.json"))
+        override = [] if model == "scalesim" else ["--memory-model", "hwsim"]  # the target says scalesim
+        result = invoke(app, *args, *override, "--json", str(tmp_path / f"{model}.json"))
         assert result.exit_code == 0, result.stderr
         reports[model] = json.loads((tmp_path / f"{model}.json").read_text())
-    hw = hardware_of(load_target("asic"))
-    mem = ScaleSimMemoryConfig(hw.ifmap_sram_bytes, hw.filter_sram_bytes, hw.ofmap_sram_bytes, 16, 16, 16)
+    mem = ScaleSimMemoryConfig(600, 600, 600, 2, 2, 2)
     graph = read_spec(digits_spec)
     layers = {row["name"]: row for row in reports["scalesim"]["layers"]}
+    stalled = 0
     for node in graph.nodes:
         if node.op.value in ("conv2d", "linear"):
-            want = scalesim_memory_cost(conv_shape(graph, node), 8, 8, "os", mem, batch=2)
+            want = scalesim_memory_cost(conv_shape(graph, node), 8, 8, "ws", mem, batch=2)
             traffic = want.ifmap_dram_reads + want.filter_dram_reads + want.ofmap_dram_writes
             assert (layers[node.name]["stall_cycles"], layers[node.name]["dram_bytes"]) == (want.stall_cycles, traffic)
+            stalled += want.stall_cycles > 0
+    assert stalled >= 2
     assert reports["scalesim"]["memory_model"] == "scalesim" and reports["hwsim"]["memory_model"] == "hwsim"
+    assert reports["scalesim"]["totals"]["stall_cycles"] != reports["hwsim"]["totals"]["stall_cycles"]
     bad = invoke(app, *args, "--memory-model", "dramsim")
     assert bad.exit_code != 0 and "expected hwsim or scalesim" in bad.stderr
