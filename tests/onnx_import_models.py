@@ -128,8 +128,13 @@ def ort_model(
     return out
 
 
-def brevitas_model(directory: Path, pot: bool, bits: int, per_channel: bool, seed: int = 0) -> Path:
-    """Brevitas QAT net, a few SGD steps on digits, exported with export_onnx_qcdq."""
+def brevitas_model(
+    directory: Path, pot: bool, bits: int, per_channel: bool, seed: int = 0, requantize_pool: bool = False
+) -> Path:
+    """Brevitas QAT net, a few SGD steps on digits, exported with export_onnx_qcdq.
+
+    ``requantize_pool``: a signed ``bits``-bit QuantIdentity after the max pool (a QuantizeLinear of an
+    on-grid tensor to a new scale)."""
     import brevitas.nn as qnn
     from brevitas.export import export_onnx_qcdq
     from brevitas.quant import (
@@ -158,12 +163,17 @@ def brevitas_model(directory: Path, pot: bool, bits: int, per_channel: bool, see
             self.c2 = qnn.QuantConv2d(8, 8, 3, padding=1, **common)
             self.r2 = qnn.QuantReLU(act_quant=relu, bit_width=bits, return_quant_tensor=True)
             self.pool = nn.MaxPool2d(2)
+            self.requant = (
+                qnn.QuantIdentity(act_quant=signed, bit_width=bits, return_quant_tensor=True)
+                if requantize_pool
+                else nn.Identity()
+            )
             self.fc = qnn.QuantLinear(8 * 4 * 4, 10, **common)
             self.out = qnn.QuantIdentity(act_quant=signed, bit_width=8)
 
         def forward(self, x):
             x = self.r2(self.c2(self.r1(self.c1(self.inp(x)))))
-            return self.out(self.fc(torch.flatten(self.pool(x), 1)))
+            return self.out(self.fc(torch.flatten(self.requant(self.pool(x)), 1)))
 
     torch.manual_seed(seed)
     model = Net()
@@ -177,7 +187,8 @@ def brevitas_model(directory: Path, pot: bool, bits: int, per_channel: bool, see
         loss.backward()
         optimizer.step()
     model.eval()
-    out = directory / f"brevitas_{'pot' if pot else 'float'}_{bits}b_{'pc' if per_channel else 'pt'}_{seed}.onnx"
+    tag = f"{'pot' if pot else 'float'}_{bits}b_{'pc' if per_channel else 'pt'}{'_rq' if requantize_pool else ''}"
+    out = directory / f"brevitas_{tag}_{seed}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_onnx_qcdq(model, torch.zeros(1, 1, 8, 8), export_path=str(out), opset_version=13, dynamo=False)

@@ -20,7 +20,7 @@ from hwsim.cli import app as hwsim_app
 from qexport.cli import app as qexport_app
 from qexport.frontend.onnx_import import import_onnx
 from qexport.ir.dtypes import IntType
-from qexport.verify_onnx import ORT_PATH, exact_import, onnxruntime_original
+from qexport.verify_onnx import ORT_PATH, exact_import, onnxruntime_original, verify_import
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 SAMPLES = 128
@@ -59,3 +59,17 @@ def test_qcdq_import_matches_onnxruntime(workspace, pot, bits, per_channel):
     simulated = np.rint(np.load(logits) / np.float32(quant.scale)).astype(np.int64)
     expected = onnxruntime_original(graph, onnx.load(model), inputs)[graph.outputs[0]]
     assert np.abs(simulated - expected).max() <= (0 if pot else FLOAT_SCALE_BOUND)
+
+
+@pytest.mark.parametrize("pot", [True, False])
+def test_requantized_pool_output_and_signed_narrow_type(workspace, pot):
+    """QuantIdentity after the max pool: QuantizeLinear of an on-grid tensor to another scale (add(t, t, 1, 0)
+    + requantize), and a signed 4-bit Clip [-8, 7] narrowing the tensor to INT4."""
+    model = brevitas_model(workspace, pot, 4, True, requantize_pool=True)
+    graph = import_onnx(model)
+    assert any(node.op.value == "add" and node.attrs["rhs_multiplier"] == 0 for node in graph.nodes)
+    assert any(info.dtype == IntType(True, 4) for info in graph.tensors.values())
+    result = verify_import(graph, onnx.load(model), digits(128, train=False))
+    assert result.paths[0].max_error_lsb == 0 and result.exact_expected == pot
+    assert result.paths[1].max_error_lsb <= (0 if pot else FLOAT_SCALE_BOUND)
+    assert all(worst <= (0 if pot else 1) for worst, _ in result.layerwise.values())
