@@ -4,7 +4,8 @@ SCALE-Sim (``scalesim/memory/double_buffered_scratchpad_mem.py``) serves, cycle 
 matrices built by its compute module (``scalesim/compute/systolic_compute_{os,ws,is}.py``): per fold, the
 ifmap, filter and ofmap addresses each array edge touches in each cycle, with the fill/drain gaps and skew
 that make the fold last ``cycles_per_fold`` rows. Two read buffers (``memory/read_buffer.py``) and one
-write buffer (``memory/write_buffer.py``) sit between those demands and DRAM:
+write buffer (``memory/write_buffer.py``) sit between those demands and DRAM (below, ``sram/2`` is rounded
+up for the active half and down for the other half):
 
 * **Read buffer** (ifmap, filters). Its contents follow the operand's *prefetch* sequence, the
   im2col-expanded operand matrix of every fold (diagonally ordered for some operands), cut into 100
