@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 from rich.table import Table
 
+from qexport.errors import QExportError
 from qexport.frontend.requant import is_power_of_two
 from qexport.ir.graph import Graph
 from qexport.ir.ops import Op, float_scale
@@ -55,7 +56,11 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for models it cannot load
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise QExportError(f"--verify: onnxruntime cannot run the original model ({first})") from None
 
 
 def onnxruntime_original(graph: Graph, model: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
