@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from hwsim.cost.model import estimate
+from hwsim.cost.resources import resource_lines
 from hwsim.cost.targets import hardware_of
 from hwsim.engine import Engine, dequantize, quantize
 from hwsim.report import layer_table, summary_lines, write_json, write_plot
@@ -184,6 +185,8 @@ def estimate_command(
     _write_outputs(result, json_out, plot)
     console.print(layer_table(result, f"hwsim estimate: {spec} on {hw.name}"))
     for line in summary_lines(result):
+        console.print(line, highlight=False)
+    for line in resource_lines(graph, hw):  # the whole array's LUT/FF/DSP (hwsim/cost/resources.json)
         console.print(line, highlight=False)
 
 
