@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import numpy as np
@@ -12,17 +11,15 @@ from qexport.ir.graph import Graph
 from qexport.reference.executor import quantize_input, run_graph
 
 
-def export_brevitas(module, example) -> onnx.ModelProto:
-    """``brevitas.export.export_qonnx`` into memory (quietly)."""
+def export_brevitas(module, example, dynamo: bool | None = None) -> onnx.ModelProto:
+    """``brevitas.export.export_qonnx`` into memory (quietly); ``dynamo=False`` takes the TorchScript exporter."""
     from brevitas.export import export_qonnx
 
     module.eval()
+    kwargs = {} if dynamo is None else {"dynamo": dynamo}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        buffer = io.BytesIO()
-        model = export_qonnx(module, example, export_path=None)
-    del buffer
-    return model
+        return export_qonnx(module, example, export_path=None, **kwargs)
 
 
 def cleaned(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -131,11 +131,11 @@ def _train(module: nn.Module, steps: int, seed: int) -> None:
     module.eval()
 
 
-def _check(module: nn.Module, batch: int, seed: int, exact: bool) -> dict[str, float]:
+def _check(module: nn.Module, batch: int, seed: int, exact: bool, dynamo: bool | None = None) -> dict[str, float]:
     """Export, import raw and cleaned, compare reference, hwsim and the qonnx executor; return mismatch rates."""
     torch.manual_seed(seed)
     x = (1.5 * torch.randn(batch, *module.in_shape)).numpy()
-    raw = export_brevitas(module, torch.from_numpy(x))
+    raw = export_brevitas(module, torch.from_numpy(x), dynamo)
     rates = {}
     for tag, model in (("raw", raw), ("cleaned", cleaned(raw))):
         assert is_qonnx(model)
@@ -184,3 +184,11 @@ def test_brevitas_float_scales_within_one_lsb(wbits, per_channel):
     _train(module, 3, seed=wbits)
     rates = _check(module, 64, seed=wbits, exact=False)
     assert max(rates.values()) < 0.05
+
+
+@pytest.mark.parametrize("net", ["binary", "conv"])
+def test_brevitas_torchscript_export_equals_qonnx_executor(net):
+    """export_qonnx(dynamo=False): Quant -> Transpose -> MatMul weights, Constant-folded trunc scales."""
+    torch.manual_seed(5)
+    module = BinaryNet() if net == "binary" else ConvNet(True, 3, 5, True, "avg")
+    _check(module, 32, seed=5, exact=True, dynamo=False)

@@ -767,6 +767,20 @@ class _Importer:
             self.add_node(op, self.node_name(node), [q.tensor], node.output[0], info.dtype, info.quant, **attrs)
         )
 
+    def transpose(self, node: onnx.NodeProto) -> QConst:
+        """A transposed quantized constant (TorchScript exports write Quant -> Transpose -> MatMul)."""
+        weight = self.value(node, 0)
+        if not isinstance(weight, QConst):
+            raise QonnxImportError(f"{_where(node)}: Transpose only of a quantized constant (weights)")
+        perm = _attrs(node).get("perm", list(range(weight.integers.ndim))[::-1])
+
+        def moved(array: np.ndarray) -> np.ndarray:
+            return array.transpose(perm) if array.ndim == len(perm) else array
+
+        if any(a.size > 1 and a.ndim != len(perm) for a in (weight.scale, weight.zero_point)):
+            raise QonnxImportError(f"{_where(node)}: scale / zero point do not broadcast against the weight")
+        return QConst(moved(weight.integers), moved(weight.scale), moved(weight.zero_point), weight.dtype)
+
     def fold(self, node: onnx.NodeProto) -> Const:
         """A standard op on constants only: evaluate it with onnx's reference evaluator."""
         from onnx.reference import ReferenceEvaluator
@@ -802,6 +816,7 @@ class _Importer:
         "ReduceMean": global_pool,
         "Flatten": reshape,
         "Reshape": reshape,
+        "Transpose": transpose,
     }
 
     def run(self) -> Graph:
