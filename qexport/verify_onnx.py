@@ -18,6 +18,8 @@ import onnxruntime as ort
 from rich.table import Table
 
 from qexport.errors import QExportError
+from qexport.export.onnx_qdq import weight_integers
+from qexport.formats import get_format, int_affine
 from qexport.frontend.requant import is_power_of_two
 from qexport.ir.graph import Graph
 from qexport.ir.ops import Op, float_scale
@@ -40,16 +42,42 @@ def exact_import(graph: Graph) -> bool:
     """True when onnxruntime's arithmetic is reproduced exactly by construction.
 
     QOperator graphs: every requantize is in float32 form (QLinearConv/MatMul/Gemm/GlobalAveragePool).
-    QDQ graphs: every scale is a power of two and every accumulator is below 2**24, so onnxruntime's
-    float32 convolution, its division by the output scale and the IR's shift compute the same numbers.
+    QDQ graphs: every scale is a power of two and every partial sum (any order, bias included) is below
+    2**24, so onnxruntime's float32 convolution, its division by the output scale and the IR's shift
+    compute the same numbers.
     """
     requants = [node for node in graph.nodes if node.op is Op.REQUANTIZE]
     if graph.metadata.get("onnx_format") == "ort_qop":
         return all(float_scale(node) is not None for node in requants)
+    if not all(get_format(weight.format).linear for weight in graph.weights.values()):
+        return False  # powers of sqrt(2) have no float32-exact form
     for info in graph.tensors.values():
         if info.quant is not None and not all(is_power_of_two(float(s)) for s in np.atleast_1d(info.quant.scale)):
             return False
-    return all(node.attrs.get("acc_bits", 0) <= FLOAT_EXACT_BITS for node in graph.nodes if "acc_bits" in node.attrs)
+    return all(
+        partial_sum_bound(graph, node) < 1 << FLOAT_EXACT_BITS for node in graph.nodes if node.op is not Op.REQUANTIZE
+    )
+
+
+def partial_sum_bound(graph: Graph, node) -> int:
+    """A bound on |any partial sum, in any order, bias included| of a conv/linear/add (0 for other ops)."""
+    if node.op is Op.ADD:
+        return sum(
+            max(abs(graph.tensors[t].dtype.min - zp), abs(graph.tensors[t].dtype.max - zp)) * abs(m)
+            for t, m, zp in (
+                (node.inputs[0], node.attrs["lhs_multiplier"], graph.tensors[node.inputs[0]].quant.zero_point),
+                (node.inputs[1], node.attrs["rhs_multiplier"], graph.tensors[node.inputs[1]].quant.zero_point),
+            )
+        )
+    if node.op not in (Op.CONV2D, Op.LINEAR):
+        return 0
+    x = graph.tensors[node.inputs[0]]
+    reach = max(abs(x.dtype.min - x.quant.zero_point), abs(x.dtype.max - x.quant.zero_point))
+    weight = graph.weights[node.attrs["weight"]]
+    magnitude = np.abs(weight_integers(weight)[0]).reshape(weight.shape[0], -1).sum(axis=1) * reach
+    if node.attrs.get("bias") is not None:
+        magnitude = magnitude + np.abs(int_affine.integers(graph.weights[node.attrs["bias"]]))
+    return int(magnitude.max())
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
