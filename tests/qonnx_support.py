@@ -84,14 +84,14 @@ class GraphBuilder:
     def bipolar(self, x: str, scale, name: str) -> str:
         return self.node("BipolarQuant", [x, self.constant(scale)], name, QONNX_DOMAIN)
 
-    def model(self, output: str) -> onnx.ModelProto:
+    def model(self, output: str, output_shape: list[int] | None = None) -> onnx.ModelProto:
         from onnx import TensorProto, helper
 
         graph = helper.make_graph(
             self.nodes,
             "hand_built",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(self.input_shape))],
-            [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape)],
             self.initializers,
         )
         opsets = [helper.make_opsetid("", 17), helper.make_opsetid(QONNX_DOMAIN, 1)]
