@@ -100,9 +100,16 @@ def float_onnx(path: Path, seed: int = 0, net: str = "small") -> Path:
 
 
 def ort_model(
-    directory: Path, fmt: str, activations: str, per_channel: bool, seed: int = 0, net: str = "small"
+    directory: Path,
+    fmt: str,
+    activations: str,
+    per_channel: bool,
+    seed: int = 0,
+    net: str = "small",
+    weights: str = "s8",
 ) -> Path:
-    """onnxruntime quantize_static output: fmt QDQ or QOperator, activations s8 or u8 (weights s8)."""
+    """onnxruntime quantize_static output: fmt QDQ or QOperator, activations s8 or u8, weights s8 or s4
+    (int4 weights use com.microsoft QuantizeLinear/DequantizeLinear)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     source = float_onnx(directory / f"float_{net}_{seed}.onnx", seed, net)
@@ -115,14 +122,14 @@ def ort_model(
         def get_next(self):
             return next(self.batches, None)
 
-    out = directory / f"ort_{net}_{fmt}_{activations}s8_{'pc' if per_channel else 'pt'}_{seed}.onnx"
+    out = directory / f"ort_{net}_{fmt}_{activations}{weights}_{'pc' if per_channel else 'pt'}_{seed}.onnx"
     quantize_static(
         str(source),
         str(out),
         Reader(),
         quant_format=getattr(QuantFormat, fmt),
         activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8 if weights == "s8" else QuantType.QInt4,
         per_channel=per_channel,
     )
     return out

@@ -20,6 +20,7 @@ from onnx_import_models import digits, ort_model
 from hwsim.cli import app as hwsim_app
 from qexport.cli import app as qexport_app
 from qexport.frontend.onnx_import import import_onnx
+from qexport.ir.dtypes import IntType
 from qexport.verify_onnx import ORT_PATH, exact_import
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -121,3 +122,13 @@ def test_relu6_depthwise_residual_view_and_matmul(workspace, fmt):
     assert paths(report)["hwsim"]["max_error_lsb"] == 0
     assert paths(report)[ORT_PATH]["max_error_lsb"] <= 1  # docs/interop.md, inverted-residual row
     assert all(worst <= 1 for worst, _ in report["verification"]["layerwise"].values())
+
+
+def test_int4_weights_in_contrib_qdq(workspace):
+    """weight_type=QInt4: com.microsoft DequantizeLinear of int4 initializers (4-bit int_affine weights)."""
+    model = ort_model(workspace, "QDQ", "u8", True, weights="s4")
+    graph = import_onnx(model)
+    assert max(IntType.parse(w.attrs["dtype"]).bits for w in graph.weights.values() if "bias" not in w.name) <= 4
+    report = run_verify(model, workspace / f"{model.stem}_export")
+    assert paths(report)["hwsim"]["max_error_lsb"] == 0
+    assert paths(report)[ORT_PATH]["max_error_lsb"] <= END_TO_END_BOUND["QDQ"]

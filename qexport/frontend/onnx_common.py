@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -24,6 +25,8 @@ from qexport.ir.shapes import infer_shape
 from qexport.passes.infer_accumulator_bits import infer_accumulator_bits
 
 NUMPY_INT_TYPES = {
+    np.dtype(ml_dtypes.int4): IntType(True, 4),
+    np.dtype(ml_dtypes.uint4): IntType(False, 4),
     np.dtype(np.int8): IntType(True, 8),
     np.dtype(np.uint8): IntType(False, 8),
     np.dtype(np.int16): IntType(True, 16),
@@ -157,7 +160,9 @@ class Builder:
 def int_type_of(array: np.ndarray, where: onnx.NodeProto) -> IntType:
     kind = NUMPY_INT_TYPES.get(np.asarray(array).dtype)
     if kind is None:
-        raise unsupported(where, f"quantized type {np.asarray(array).dtype} is not supported (int8/uint8/int16/uint16)")
+        raise unsupported(
+            where, f"quantized type {np.asarray(array).dtype} is not supported (int4/uint4/int8/uint8/int16/uint16)"
+        )
     return kind
 
 

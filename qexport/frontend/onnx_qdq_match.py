@@ -119,7 +119,8 @@ class QdqMatcher:
         handler = getattr(self, f"op_{node.op_type}", None)
         if node.op_type in PASS_THROUGH:
             return args[0]
-        if handler is None or node.domain not in ("", "ai.onnx"):
+        contrib_qdq = node.domain == "com.microsoft" and node.op_type in ("QuantizeLinear", "DequantizeLinear")
+        if handler is None or (node.domain not in ("", "ai.onnx") and not contrib_qdq):
             raise unsupported(node, "op not supported by the QDQ importer")
         return handler(node, args)
 
