@@ -17,8 +17,8 @@ from qexport.outputs import check_export_directory
 from qexport.pipeline import lower_source, write_export
 from qexport.targets import available_targets, load_target, with_native_bits, with_post_mac
 from qexport.verify import Verification, verify
+from qexport.verify_onnx import check_inputs_option, verify_export
 from qexport.verify_onnx import import_verification_table as import_table
-from qexport.verify_onnx import verify_export
 
 app = typer.Typer(name="qexport", add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
@@ -75,6 +75,9 @@ def main(
     calibrate: Annotated[
         Path | None, typer.Option(help="float ONNX model: .npy calibration inputs (N, C, H, W) to quantize it with")
     ] = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help="ONNX model: .npy verification inputs (N, C, H, W) [digits or synthetic]")
+    ] = None,
     rtl: Annotated[
         bool, typer.Option("--rtl", help="also write rtl/: Verilog PEs, array, testbench and vectors per layer")
     ] = False,
@@ -111,9 +114,10 @@ def main(
 
             export.qonnx_model = export_qonnx(export.graph)
         result = None
+        check_inputs_option(export, inputs, verify_outputs)
         if verify_outputs and export.checkpoint is None:  # an imported ONNX model (qexport.verify_onnx)
-            check = progress.add_task("verify: reference, hwsim, onnxruntime", total=3 * samples)
-            result = verify_export(export, samples, progress=lambda n: progress.advance(check, n))
+            check = progress.add_task("verify: reference, hwsim, onnxruntime", total=None)
+            result = verify_export(export, samples, lambda n: progress.advance(check, n), inputs)
         elif verify_outputs:
             inputs, labels = verification_data(
                 export.checkpoint.info.get("dataset", "synthetic"), export.checkpoint.input_shape, samples

@@ -184,9 +184,33 @@ def verification_inputs(graph: Graph, samples: int) -> tuple[np.ndarray, np.ndar
     return verification_data("digits" if shape == DIGITS_SHAPE else "synthetic", shape, samples)
 
 
-def verify_export(export, samples: int, progress: Callable[[int], None] | None = None) -> Verification:
-    """``--verify`` of an imported model (``Export`` with ``source_model``); records it in the report."""
-    inputs, labels = verification_inputs(export.graph, samples)
+def check_inputs_option(export, inputs_path, verifying: bool) -> None:
+    """``--inputs`` only with ``--verify`` of an ONNX source."""
+    if inputs_path is not None and (export.checkpoint is not None or not verifying):
+        raise QExportError("--inputs applies to --verify of an ONNX model (checkpoints verify on their data set)")
+
+
+def load_inputs(path, graph: Graph) -> np.ndarray:
+    """``--inputs X.npy``, validated as ``hwsim run`` does; integers (already quantized) become their floats."""
+    from hwsim.cli import _load_inputs
+    from qexport.reference import dequantize_output
+
+    data = _load_inputs(path, graph)
+    if np.issubdtype(data.dtype, np.integer):
+        return dequantize_output(graph.tensors[graph.inputs[0]], data)
+    return data.astype(np.float32)
+
+
+def verify_export(
+    export, samples: int, progress: Callable[[int], None] | None = None, inputs_path=None
+) -> Verification:
+    """``--verify`` of an imported model (``Export`` with ``source_model``); records it in the report.
+
+    Inputs: ``inputs_path`` (every sample in it), else ``verification_inputs``."""
+    if inputs_path is not None:
+        inputs, labels = load_inputs(inputs_path, export.graph), None
+    else:
+        inputs, labels = verification_inputs(export.graph, samples)
     result = verify_import(export.graph, export.source_model, inputs, labels, progress)
     export.report["verification"] = result.to_dict()
     return result

@@ -165,3 +165,21 @@ def test_calibrated_float_model_exports_and_verifies(tmp_path, float_model):
     assert report["calibrated"] and report["onnx_format"] == "ort_qdq"
     rows = {row["path"]: row for row in report["verification"]["paths"]}
     assert rows["hwsim"]["max_error_lsb"] == 0
+
+
+def test_verify_inputs_option(tmp_path):
+    """--inputs X.npy: every sample verified; validated as hwsim run validates (one-line errors)."""
+    from onnx_import_models import ort_model
+
+    model = ort_model(tmp_path, "QOperator", "u8", True, net="plain")
+    good = tmp_path / "inputs.npy"
+    np.save(good, digits(20, train=False))
+    out = tmp_path / "export"
+    result = invoke(qexport_app, model, "--verify", "--inputs", good, "-o", out)
+    assert result.exit_code == 0, result.output
+    report = __import__("json").loads((out / "report.json").read_text())
+    assert report["verification"]["samples"] == 20 and report["verification"]["ok"]
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((3, 1, 5, 5), dtype=np.float32))
+    one_line_error(invoke(qexport_app, model, "--verify", "--inputs", bad, "-o", tmp_path / "a"), "do not match")
+    one_line_error(invoke(qexport_app, model, "--inputs", good, "-o", tmp_path / "b"), "--inputs applies")
