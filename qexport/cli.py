@@ -85,7 +85,7 @@ def main(
         bool, typer.Option("--qonnx", help="also write model.qonnx.onnx (QONNX Quant graph, for FINN and hls4ml)")
     ] = False,
 ) -> None:
-    """Lower a quantization-aware-trained checkpoint to the integer IR and export it."""
+    """Lower a QAT checkpoint or a quantized ONNX model (docs/interop.md) to the integer IR and export it."""
     target_spec = load_target(target)
     if onnx_native_bits is not None:
         target_spec = with_native_bits(target_spec, onnx_native_bits)
