@@ -54,3 +54,13 @@ def test_estimate_prints_the_array_resources(digits_checkpoint: Path, tmp_path: 
     printed = " ".join(result.stdout.split())  # rich wraps long lines
     assert f"LUT {res.total['lut']:,}, FF {res.total['ff']:,}, DSP {res.total['dsp']:,}" in printed
     assert array_resources(export.graph, hardware_of(load_target("arm"))) == []
+
+
+def test_fpga_energy_entries_come_from_the_synthesized_units() -> None:
+    """fpga.toml's shift and LUT-read energies are the data file's (benchmarks/rtl_synthesis.py --units)."""
+    energy = hardware_of(load_target("fpga")).energy
+    derived = resource_table()["energy"]
+    assert {key: energy[key] for key in derived} == derived
+    units = resource_table()["units"]
+    ratio = units["shift32"]["lut"] / units["add32"]["lut"]
+    assert derived["shift_32bit_pj"] == round(energy["add_32bit_pj"] * ratio, 3)
