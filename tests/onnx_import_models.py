@@ -108,8 +108,8 @@ def ort_model(
     net: str = "small",
     weights: str = "s8",
 ) -> Path:
-    """onnxruntime quantize_static output: fmt QDQ or QOperator, activations s8 or u8, weights s8 or s4
-    (int4 weights use com.microsoft QuantizeLinear/DequantizeLinear)."""
+    """onnxruntime quantize_static output: fmt QDQ or QOperator, activations s8 or u8, weights s8, u8
+    (per-channel zero points) or s4 (int4 weights use com.microsoft QuantizeLinear/DequantizeLinear)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     source = float_onnx(directory / f"float_{net}_{seed}.onnx", seed, net)
@@ -129,7 +129,7 @@ def ort_model(
         Reader(),
         quant_format=getattr(QuantFormat, fmt),
         activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
-        weight_type=QuantType.QInt8 if weights == "s8" else QuantType.QInt4,
+        weight_type={"s8": QuantType.QInt8, "u8": QuantType.QUInt8, "s4": QuantType.QInt4}[weights],
         per_channel=per_channel,
     )
     return out

@@ -83,10 +83,11 @@ def test_qexport_verify_and_hwsim_run_match_onnxruntime(workspace, fmt, acts, pe
     assert error <= (0 if exact_import(graph) else END_TO_END_BOUND[fmt])
 
 
-@pytest.mark.parametrize("acts", ["s8", "u8"])
-def test_qoperator_convs_gemm_and_global_pool_are_bit_exact(workspace, acts):
-    """QLinearConv / QGemm / QLinearGlobalAveragePool requantize in float32: the import is exact by construction."""
-    model = ort_model(workspace, "QOperator", acts, True, net="plain")
+@pytest.mark.parametrize(("acts", "weights"), [("s8", "s8"), ("u8", "s8"), ("u8", "u8")])
+def test_qoperator_convs_gemm_and_global_pool_are_bit_exact(workspace, acts, weights):
+    """QLinearConv / QGemm / QLinearGlobalAveragePool requantize in float32: the import is exact by construction
+    (u8 weights: per-channel weight zero points)."""
+    model = ort_model(workspace, "QOperator", acts, True, net="plain", weights=weights)
     graph = import_onnx(model)
     assert exact_import(graph)
     report = run_verify(model, workspace / f"{model.stem}_export")
