@@ -98,6 +98,30 @@ class ResidualGapNet(nn.Module):
         return self.out(self.fc(torch.flatten(x, 1)))
 
 
+class ResidualFloatNet(nn.Module):
+    """Float-scale residual Add of two separately quantized branches (their scales differ after training)."""
+
+    in_shape = (3, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        kw = dict(weight_bit_width=4, bias=True, bias_quant=Int32Bias, return_quant_tensor=True)
+        self.inp = qnn.QuantIdentity(return_quant_tensor=True)
+        self.c1 = qnn.QuantConv2d(3, 4, 3, padding=1, **kw)
+        self.r1 = qnn.QuantReLU(bit_width=4, return_quant_tensor=False)
+        self.q1 = qnn.QuantIdentity(act_quant=Uint8ActPerTensorFloat, bit_width=4, return_quant_tensor=True)
+        self.c2 = qnn.QuantConv2d(4, 4, 3, padding=1, **kw)
+        self.r2 = qnn.QuantReLU(bit_width=4, return_quant_tensor=False)
+        self.sum = qnn.QuantIdentity(act_quant=Uint8ActPerTensorFloat, bit_width=4, return_quant_tensor=True)
+        self.fc = qnn.QuantLinear(4 * 64, 3, **kw)
+        self.out = qnn.QuantIdentity(return_quant_tensor=False)
+
+    def forward(self, x):
+        a = self.r1(self.c1(self.inp(x)))
+        b = self.r2(self.c2(self.q1(a)))
+        return self.out(self.fc(torch.flatten(self.sum(a + b), 1)))
+
+
 class BinaryNet(nn.Module):
     """Bipolar activations and weights (BipolarQuant) between 4-bit power-of-two layers."""
 
@@ -192,3 +216,15 @@ def test_brevitas_torchscript_export_equals_qonnx_executor(net):
     torch.manual_seed(5)
     module = BinaryNet() if net == "binary" else ConvNet(True, 3, 5, True, "avg")
     _check(module, 32, seed=5, exact=True, dynamo=False)
+
+
+def test_brevitas_float_scale_residual_add_within_one_lsb():
+    """Operand scales not a power-of-two ratio apart: aligned with 16 extra fraction bits, as the torch lowering."""
+    torch.manual_seed(6)
+    module = ResidualFloatNet()
+    _train(module, 4, seed=6)
+    graph = import_qonnx(export_brevitas(module, torch.randn(2, *module.in_shape)), "residual.onnx")
+    add = next(node for node in graph.nodes if node.op.value == "add")
+    assert add.attrs["lhs_multiplier"] != add.attrs["rhs_multiplier"]  # the scales do differ
+    rates = _check(module, 64, seed=6, exact=False)
+    assert max(rates.values()) < 0.05

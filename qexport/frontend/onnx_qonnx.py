@@ -42,6 +42,7 @@ QONNX_OPS = frozenset({"Quant", "BipolarQuant", "Trunc"})
 HALF_EVEN_MODES = frozenset({"ROUND", "HALF_EVEN"})
 SHIFT_MODES = frozenset({"FLOOR", "CEIL"})  # expressible after a power-of-two ratio (see module docstring)
 PASS_THROUGH = frozenset({"Identity", "Dropout"})
+ADD_ALIGN_BITS = 16  # operands of an Add whose scales are not a power-of-two ratio apart (qexport.frontend.lower)
 
 
 class QonnxImportError(QExportError):
@@ -666,9 +667,8 @@ class _Importer:
         if not (isinstance(a, Quantized) and isinstance(b, Quantized)):
             raise QonnxImportError(f"{_where(node)}: Add needs two quantized tensors (or an accumulator and a bias)")
         steps = [float(self.graph.tensors[t.tensor].quant.scale) for t in (a, b)]
-        small = min(steps)
-        if not is_power_of_two(max(steps) / small):
-            raise QonnxImportError(f"{_where(node)}: operand scales {steps} are not a power-of-two ratio apart")
+        # as the torch lowering: exact alignment for a power-of-two ratio, else 16 extra fraction bits
+        small = min(steps) if is_power_of_two(max(steps) / min(steps)) else min(steps) / (1 << ADD_ALIGN_BITS)
         out = self.add_node(
             Op.ADD,
             self.node_name(node),
