@@ -18,7 +18,7 @@ from qexport.checkpoint import load_checkpoint
 from qexport.dse.cli import app
 from qexport.dse.evaluate import evaluate_trial
 from qexport.dse.pareto import front_reference
-from qexport.dse.results import pareto_rows
+from qexport.dse.results import OBJECTIVE_NAMES, flatten, objectives_of, pareto_rows
 from qexport.dse.space import load_space
 from qexport.dse.store import ResultStore
 from qexport.dse.sweep import dask_client, run_sweep
@@ -102,6 +102,26 @@ def test_front_matches_brute_force(swept, client) -> None:
     ok, on_front = pareto_rows(result.rows)
     assert {(ok[i]["trial_key"], ok[i]["hardware_key"]) for i in on_front} == expected
     assert 0 < len(expected) < len(ok_keys)
+
+
+def test_rtl_resources_join_the_front_when_every_point_has_them(swept) -> None:
+    _, _, result = swept
+    ok_rows = [row for row in result.rows if row["status"] == "ok"]
+    systolic = [row for row in ok_rows if json.loads(row["hardware_config"])["model"] == "systolic"]
+    assert all(row["lut"] > 0 and row["ff"] > 0 for row in systolic)
+    assert all(row["lut"] is None for row in ok_rows if row not in systolic)  # a CPU has no LUTs
+    assert objectives_of([flatten(row) for row in ok_rows]) == OBJECTIVE_NAMES
+    names = (*OBJECTIVE_NAMES, "lut")
+    ok, on_front = pareto_rows(systolic)
+    assert objectives_of(ok) == names
+    matrix = [[-row["accuracy"], *(row[name] for name in names[1:])] for row in ok]
+    assert on_front == set(front_reference(matrix))
+    sizes = {
+        json.loads(row["hardware_config"])["array"]: row["lut"]
+        for row in systolic
+        if row["trial_key"] == ok[0]["trial_key"]
+    }
+    assert sizes["16x16"] == 4 * sizes["8x8"]  # PEs scale with the array
 
 
 def crash_second_call(config, points, calls: str):

@@ -24,7 +24,6 @@ from qexport.dse.space import HardwarePoint, TrialConfig
 from qexport.errors import QExportError
 
 ARCHITECTURE = "digits_cnn"
-RESOURCES = Path(__file__).resolve().parents[2] / "hwsim" / "cost" / "resources.json"
 
 
 def pin_process() -> None:
@@ -117,6 +116,34 @@ def hardware(point: HardwarePoint) -> Any:
     return replace(hw, **overrides)
 
 
+def resources_available() -> bool:
+    """Whether the RTL synthesis numbers (hwsim/cost/resources.json) are installed."""
+    from importlib import resources
+
+    return resources.files("hwsim.cost").joinpath("resources.json").is_file()
+
+
+def array_resources(graph: Any, hw: Any) -> dict[str, int]:
+    """RTL resources of a systolic array's PEs for this model (``hwsim.cost.resources``: its PE style and
+    width per layer, Yosys numbers): ``lut`` and ``ff`` mapped without DSPs (synth_xilinx -nodsp: one
+    comparable number), ``dsp`` the DSP48s the default mapping uses instead. Empty for vector targets
+    or without resources.json."""
+    if hw.model != "systolic" or not resources_available():
+        return {}
+    from hwsim.cost.resources import array_resources as pe_arrays
+    from hwsim.cost.resources import resource_table
+
+    table = resource_table()["pe"]
+    totals = {"lut": 0, "ff": 0, "dsp": 0}
+    for array in pe_arrays(graph, hw):
+        entry = table[array.style][str(array.bits)]
+        nodsp = entry.get("xilinx_nodsp", entry["xilinx"])  # styles without multipliers use no DSPs anyway
+        totals["lut"] += array.pes * nodsp["lut"]
+        totals["ff"] += array.pes * nodsp["ff"]
+        totals["dsp"] += array.total["dsp"]
+    return totals
+
+
 def _error_text(error: BaseException) -> str:
     if isinstance(error, QExportError):
         return str(error)
@@ -137,6 +164,7 @@ def _point_row(graph: Any, config: TrialConfig, point: HardwarePoint) -> dict[st
             cycles=result.total_cycles,
             energy_nj=result.total("energy_total_pj") / 1e3 / point.batch,
         )
+        row.update(array_resources(graph, result.hardware))
     except Exception as error:  # noqa: BLE001 - recorded in the results, not fatal
         row.update(status="failed", error=_error_text(error))
     return row

@@ -31,6 +31,9 @@ CSV_FIELDS = (
     "cycles",
     "energy_nj",
     "size_bytes",
+    "lut",
+    "ff",
+    "dsp",
     "status",
     "error",
 )
@@ -57,12 +60,20 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def objectives_of(ok: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Accuracy, latency, energy, size; and LUTs when every point has them (RTL resources: systolic
+    targets with hwsim/cost/resources.json; a CPU target has no LUT count to compare)."""
+    if ok and all(row.get("lut") is not None for row in ok):
+        return (*OBJECTIVE_NAMES, "lut")
+    return OBJECTIVE_NAMES
+
+
 def pareto_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[int]]:
     """(successful rows, flattened, in a stable order; indices of those on the front of every objective)."""
     ok = sorted(
         (flatten(row) for row in rows if row["status"] == "ok"), key=lambda r: (r["trial_key"], r["hardware_key"])
     )
-    return ok, set(front(objective_matrix(ok, OBJECTIVE_NAMES))) if ok else set()
+    return ok, set(front(objective_matrix(ok, objectives_of(ok)))) if ok else set()
 
 
 def select_best(candidates: list[dict[str, Any]], selection: Selection) -> dict[str, Any]:
@@ -84,8 +95,10 @@ def select_best(candidates: list[dict[str, Any]], selection: Selection) -> dict[
 
 def front_table(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> Table:
     table = Table(title=f"Pareto front ({len(rows)} points)")
-    for column in ("trial", "hardware", "accuracy", "latency (ms)", "energy (nJ)", "size (B)"):
-        table.add_column(column, justify="left" if column in ("trial", "hardware") else "right")
+    luts = "lut" in objectives_of(rows)
+    for column in ("trial", "hardware", "accuracy", "latency (ms)", "energy (nJ)", "size (B)", "LUTs"):
+        if column != "LUTs" or luts:
+            table.add_column(column, justify="left" if column in ("trial", "hardware") else "right")
     for row in sorted(rows, key=lambda r: (-r["accuracy"], r["energy_nj"])):
         marker = " *" if best is not None and row is best else ""
         table.add_row(
@@ -95,6 +108,7 @@ def front_table(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> Tabl
             f"{row['latency_ms']:.4g}",
             f"{row['energy_nj']:.1f}",
             f"{row['size_bytes']:,}",
+            *([f"{row['lut']:,}"] if luts else []),
         )
     return table
 
@@ -134,6 +148,7 @@ def write_outputs(
         "points": len(rows),
         "ok_points": len(ok),
         "front_points": len(front_rows),
+        "objectives": list(objectives_of(ok)),
         **(summary or {}),
     }
     with export_directory(out_dir, force) as staging:

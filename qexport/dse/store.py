@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS points (
     cycles INTEGER,
     energy_nj REAL,
     size_bytes INTEGER,
+    lut INTEGER,
+    ff INTEGER,
+    dsp INTEGER,
     seconds REAL,
     worker TEXT,
     finished REAL,
@@ -47,6 +50,9 @@ COLUMNS = (
     "cycles",
     "energy_nj",
     "size_bytes",
+    "lut",
+    "ff",
+    "dsp",
     "seconds",
     "worker",
     "finished",
@@ -59,6 +65,10 @@ class ResultStore:
         try:
             self._db = sqlite3.connect(self.path)
             self._db.execute(SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(points)")}
+            for column in ("lut", "ff", "dsp"):  # tables written before the resources columns
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE points ADD COLUMN {column} INTEGER")
             self._db.commit()
         except sqlite3.DatabaseError as error:
             raise QExportError(f"{self.path}: cannot use as the results database ({error})") from None
