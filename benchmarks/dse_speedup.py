@@ -35,7 +35,7 @@ from qexport.dse.sweep import dask_client, run_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "dse.md"
-OBJECTIVES = ("status", "accuracy", "latency_ms", "energy_nj", "size_bytes")
+OBJECTIVES = ("status", "accuracy", "latency_ms", "energy_nj", "size_bytes", "lut")
 
 
 def chosen_trials(space, count: int, trials_from: Path | None) -> list[TrialConfig]:
@@ -110,7 +110,11 @@ def main() -> None:
         if reference is None:
             reference = run["rows"]
         elif run["rows"] != reference:
-            raise SystemExit("the runs recorded different objectives: the trials are not deterministic")
+            key = next(k for k in reference if run["rows"].get(k) != reference[k])
+            raise SystemExit(
+                f"the runs recorded different objectives ({OBJECTIVES}): {reference[key]} then {run['rows'].get(key)} "
+                f"for {key}; non-deterministic trials, or the code changed between runs"
+            )
         runs[workers].append(run)
     best = {workers: min(values, key=lambda run: run["seconds"]) for workers, values in runs.items()}
     source = f"--trials-from {args.trials_from.name}" if args.trials_from else f"--trials {len(trials)}"
