@@ -183,3 +183,43 @@ def test_verify_inputs_option(tmp_path):
     np.save(bad, np.zeros((3, 1, 5, 5), dtype=np.float32))
     one_line_error(invoke(qexport_app, model, "--verify", "--inputs", bad, "-o", tmp_path / "a"), "do not match")
     one_line_error(invoke(qexport_app, model, "--inputs", good, "-o", tmp_path / "b"), "--inputs applies")
+
+
+def test_mutated_models_fail_with_one_line_errors_only(tmp_path):
+    """Deleted inputs and attributes, replaced op types, truncated initializers, wrong-length scales, removed
+    nodes, a wrong input rank: the importers raise QExportError (one line) or import, never anything else."""
+    import random
+
+    from onnx_import_models import ort_model
+
+    from qexport.errors import QExportError
+    from qexport.frontend.onnx_import import import_model, read_model
+
+    sources = [ort_model(tmp_path, fmt, "u8", True, net="inverted") for fmt in ("QDQ", "QOperator")]
+    rng = random.Random(0)
+    for index in range(80):
+        model = onnx.load(str(rng.choice(sources)))
+        graph, node = model.graph, rng.choice(list(model.graph.node))
+        kind = index % 6
+        if kind == 0 and len(node.input) > 1:
+            node.input[rng.randrange(len(node.input))] = ""
+        elif kind == 1 and node.attribute:
+            del node.attribute[rng.randrange(len(node.attribute))]
+        elif kind == 2:
+            node.op_type = rng.choice(["Relu", "Sigmoid", "Conv", "MaxPool", "Add", "Gemm", "Flatten", "Clip"])
+        elif kind == 3:
+            initializer = rng.choice([i for i in graph.initializer if i.dims])
+            initializer.dims[0] = max(1, initializer.dims[0] // 2)
+        elif kind == 4:
+            scales = [i for i in graph.initializer if i.data_type == TensorProto.FLOAT]
+            target = rng.choice(scales)
+            array = numpy_helper.to_array(target)
+            target.CopyFrom(numpy_helper.from_array(np.resize(array, (3,)).astype(array.dtype), target.name))
+        else:
+            graph.node.remove(node)
+        path = tmp_path / f"mutated_{index}.onnx"
+        onnx.save_model(model, str(path))
+        try:
+            import_model(read_model(path), str(path))
+        except QExportError as error:
+            assert "\n" not in str(error)

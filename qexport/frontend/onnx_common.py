@@ -217,13 +217,21 @@ def ones_pool_weight(b: Builder, base: str, channels: int, kernel: tuple[int, in
 
 def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Initializers and Constant node outputs by name."""
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    values = {}
+    for init in model.graph.initializer:
+        try:
+            values[init.name] = numpy_helper.to_array(init)
+        except (ValueError, TypeError) as error:
+            raise OnnxImportError(f"initializer {init.name!r}: corrupt data ({error})") from None
     for node in model.graph.node:
         if node.op_type == "Constant":
             attrs = attributes(node)
             if "value" not in attrs:
                 raise unsupported(node, "only tensor-valued Constant nodes are supported")
-            values[node.output[0]] = numpy_helper.to_array(attrs["value"])
+            try:
+                values[node.output[0]] = numpy_helper.to_array(attrs["value"])
+            except (ValueError, TypeError) as error:
+                raise unsupported(node, f"corrupt constant ({error})") from None
     return values
 
 

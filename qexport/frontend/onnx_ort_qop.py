@@ -35,7 +35,7 @@ from qexport.frontend.onnx_common import (
     scalar,
     unsupported,
 )
-from qexport.frontend.onnx_qdq_match import ADD_ALIGN_BITS, quantize_params
+from qexport.frontend.onnx_qdq_match import ADD_ALIGN_BITS, MALFORMED, quantize_params
 from qexport.frontend.requant import is_power_of_two
 from qexport.ir.dtypes import INT32
 from qexport.ir.graph import Graph, QuantInfo
@@ -59,6 +59,17 @@ class QopLowerer:
         self.consts = constant_values(model)
         self.values: dict[str, IntTensor] = {}
         self.dequantized: dict[str, str] = {}  # ONNX DequantizeLinear output -> IR tensor
+
+    def lower(self, node: onnx.NodeProto) -> str | None:
+        """The IR tensor a node produces (None: a folded constant or a graph output's DequantizeLinear)."""
+        folded = fold_shape_op(node, [self.consts.get(name) for name in node.input], self.ir_shape)
+        if folded is not None:
+            self.consts[node.output[0]] = folded
+            return None
+        handler = getattr(self, f"op_{node.op_type}", None)
+        if handler is None:
+            raise unsupported(node, "op not supported by the QOperator importer")
+        return handler(node)
 
     def ir_shape(self, name: str) -> tuple[int, ...] | None:
         tensor = self.values[name].tensor if name in self.values else self.dequantized.get(name)
@@ -90,15 +101,10 @@ class QopLowerer:
         for node in self.model.graph.node:
             if node.op_type == "Constant":
                 continue
-            inputs = [self.consts.get(name) for name in node.input]
-            folded = fold_shape_op(node, inputs, self.ir_shape)
-            if folded is not None:
-                self.consts[node.output[0]] = folded
-                continue
-            handler = getattr(self, f"op_{node.op_type}", None)
-            if handler is None:
-                raise unsupported(node, "op not supported by the QOperator importer")
-            result = handler(node)
+            try:
+                result = self.lower(node)
+            except MALFORMED as error:  # shapes or values that contradict each other
+                raise unsupported(node, f"malformed inputs ({type(error).__name__}: {error})") from None
             if result is not None:
                 self.values[node.output[0]] = IntTensor(result)
                 self.b.onnx_tensors[result] = node.output[0]

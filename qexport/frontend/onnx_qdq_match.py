@@ -46,6 +46,7 @@ from qexport.ir.ops import Op
 
 ADD_ALIGN_BITS = 16  # as the checkpoint lowering: operands whose scale ratio is not a power of two
 PASS_THROUGH = ("Identity", "Dropout")
+MALFORMED = (ValueError, IndexError, KeyError, TypeError)
 
 
 def quantize_params(node: onnx.NodeProto, values: dict, inputs: list[str]) -> tuple[np.ndarray, np.ndarray, IntType]:
@@ -92,7 +93,10 @@ class QdqMatcher:
         for node in self.model.graph.node:
             if node.op_type == "Constant":
                 continue
-            result = self.values[node.output[0]] = self.lower(node)
+            try:
+                result = self.values[node.output[0]] = self.lower(node)
+            except MALFORMED as error:  # shapes or values that contradict each other
+                raise unsupported(node, f"malformed inputs ({type(error).__name__}: {error})") from None
             if isinstance(result, IntTensor):
                 self.b.onnx_tensors[result.tensor] = node.output[0]
         for out in self.model.graph.output:
