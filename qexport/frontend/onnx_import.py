@@ -125,7 +125,7 @@ def import_model(model: onnx.ModelProto, where: str, max_acc_bits: int = DEFAULT
     flavour = detect_format(model)
     if flavour is None:
         raise QExportError(
-            f"{where}: no quantized ONNX flavour recognised (a float model? pass --calibrate data.npy to quantize it)"
+            f"{where}: no quantized ONNX flavour recognised (a float model? use qexport --calibrate data.npy)"
         )
     name = model.graph.name or Path(where).stem
     try:
