@@ -27,7 +27,7 @@ from qexport.data import digits_split
 from qexport.export.rtl_layer import read_results, write_layer
 from qexport.pipeline import lower_checkpoint
 from qexport.reference.executor import quantize_input, run_graph
-from qexport.targets import load_target
+from qexport.targets import load_target, with_post_mac
 
 pytestmark = pytest.mark.skipif(not have("iverilog"), reason="Icarus Verilog (Debian iverilog) not installed")
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +54,9 @@ def model_of(checkpoint: str) -> Model:
     return Model(ROOT / "models" / f"{checkpoint}.ckpt")
 
 
-def run_layer(model: Model, name: str, rows: int, cols: int, workdir: Path, kind: str = "iverilog"):
+def run_layer(model: Model, name: str, rows: int, cols: int, workdir: Path, kind: str = "iverilog", post_mac="lut"):
     node = model.node(name)
-    layer = write_layer(model.graph, node, model.values[node.inputs[0]], rows, cols, workdir)
+    layer = write_layer(model.graph, node, model.values[node.inputs[0]], rows, cols, workdir, post_mac)
     sources = [path for path in layer.files if path.suffix == ".v"]
     build = iverilog_build if kind == "iverilog" else verilator_build
     simulate(kind, build(sources, layer.testbench, workdir), workdir)
@@ -86,6 +86,26 @@ def test_shipped_model_layer_on_fpga_array(layer: str, tmp_path: Path) -> None:
 def test_other_weight_formats_on_a_non_square_array(checkpoint: str, tmp_path: Path) -> None:
     """conv2 of the shift, shift+LUT, apot and codebook checkpoints on 8 x 5 (partial row and column folds)."""
     check_layer(model_of(f"digits_cnn_w4a4_{checkpoint}"), "conv2", 8, 5, tmp_path)
+
+
+def test_split_pe_array_does_both_accumulators_in_one_pass(tmp_path: Path) -> None:
+    """conv2 of the POST checkpoint on split PEs: the two sums equal the even and odd convolutions of the
+    post_mac=split lowering (which hwsim runs and costs as two passes), in one layer's cycles."""
+    model = model_of("digits_cnn_w4a4_post")
+    split_graph = lower_checkpoint(
+        ROOT / "models" / "digits_cnn_w4a4_post.ckpt", with_post_mac(load_target("fpga"), "split")
+    ).graph
+    info = split_graph.tensors[split_graph.inputs[0]]
+    image = digits_split()[2][3:4].reshape(1, *info.shape[1:])
+    split_values = run_graph(split_graph, {split_graph.inputs[0]: quantize_input(info, image)}, keep_all=True)
+    layer, result = run_layer(model, "conv2", 8, 8, tmp_path, post_mac="split")
+    assert layer.spec.style == "split"
+    for part, acc in zip(("even", "odd"), result.acc, strict=True):
+        ref = split_values[f"conv2_acc_{part}"]
+        ref = ref.reshape(ref.shape[0], ref.shape[1], -1).transpose(0, 2, 1).reshape(-1, ref.shape[1])
+        np.testing.assert_array_equal(acc, ref, err_msg=part)
+    shape = conv_shape(model.graph, model.node("conv2"))
+    assert result.last_output - result.first_input == compute_cycles(shape, 8, 8, "ws")
 
 
 @settings(max_examples=8, deadline=None)

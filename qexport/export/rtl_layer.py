@@ -26,8 +26,11 @@ from qexport.ir.graph import Graph, Node
 from qexport.ir.ops import Op
 
 
-def layer_pe(graph: Graph, node: Node) -> tuple[PeSpec, np.ndarray, np.ndarray | None]:
-    """The PE of a conv/linear node, its weight codes [O, K] and (codebook) level tables [O, L]."""
+def layer_pe(graph: Graph, node: Node, post_mac: str = "lut") -> tuple[PeSpec, np.ndarray, np.ndarray | None]:
+    """The PE of a conv/linear node, its weight codes [O, K] and (codebook) level tables [O, L].
+
+    ``post_mac="split"`` puts a post weight on the split PE (both accumulators in one pass) instead of
+    the shift + LUT PE."""
     weight = graph.weights[node.attrs["weight"]]
     info = graph.tensors[node.inputs[0]]
     zero_point = info.quant.zero_point if info.quant else 0
@@ -54,8 +57,10 @@ def layer_pe(graph: Graph, node: Node) -> tuple[PeSpec, np.ndarray, np.ndarray |
         spec = PeSpec("apot", x_min, x_max, acc_bits, max_shift=max_e, terms=exponent.shape[-1])
         return spec, encode(spec, sign=flat["sign"], shift=np.where(exponent >= 0, max_e - exponent, -1)), None
     if fmt == "post":
+        if post_mac not in ("lut", "split"):
+            raise QExportError(f"rtl: layer {node.name!r}: post_mac must be lut or split, not {post_mac!r}")
         spec = PeSpec(
-            "shift_lut",
+            "shift_lut" if post_mac == "lut" else "split",
             x_min,
             x_max,
             acc_bits,
@@ -129,10 +134,12 @@ def _bias(graph: Graph, node: Node, outs: int) -> np.ndarray:
     return int_affine.integers(graph.weights[name]).reshape(-1)
 
 
-def write_layer(graph: Graph, node: Node, x: np.ndarray, rows: int, cols: int, out_dir: Path) -> LayerRtl:
+def write_layer(
+    graph: Graph, node: Node, x: np.ndarray, rows: int, cols: int, out_dir: Path, post_mac: str = "lut"
+) -> LayerRtl:
     """Render the PE, the array, the sequencer and the testbench of ``node`` and its vector files into ``out_dir``."""
     out_dir = Path(out_dir)
-    spec, codes, levels = layer_pe(graph, node)
+    spec, codes, levels = layer_pe(graph, node, post_mac)
     a = im2col(graph, node, x)
     groups, vectors, window = a.shape
     outs = codes.shape[0]
