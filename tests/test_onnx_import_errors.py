@@ -77,6 +77,7 @@ def test_float_requantize_reference_and_hwsim_equal_the_oracle(scales, accs, out
     assert np.array_equal(run_graph(graph, {"acc": acc})["y"], expected)
     assert np.array_equal(Engine(graph).run({"acc": acc})[0]["y"], expected)
     spec, blob = graph_to_spec(graph)
+    assert spec["version"] == "2.0"  # a 1.x reader would misread the float form
     assert spec_to_graph(spec, blob).nodes[0].attrs["float_scale"] == scales  # JSON keeps float32 values exactly
 
 

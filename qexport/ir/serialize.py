@@ -21,6 +21,7 @@ from qexport.ir.ops import Op
 
 SPEC_FORMAT = "qexport.layer_spec"
 SPEC_VERSION = "1.0"
+FLOAT_SCALE_VERSION = "2.0"  # a 1.x reader would run such a requantize's integer multiplier instead
 WEIGHTS_FILE = "weights.bin"
 ALIGNMENT = 16
 
@@ -84,7 +85,7 @@ def graph_to_spec(graph: Graph) -> tuple[dict[str, Any], bytes]:
         }
     spec = {
         "format": SPEC_FORMAT,
-        "version": SPEC_VERSION,
+        "version": FLOAT_SCALE_VERSION if any("float_scale" in n.attrs for n in graph.nodes) else SPEC_VERSION,
         "name": graph.name,
         "metadata": graph.metadata,
         "inputs": graph.inputs,
