@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from hwsim.cost.model import estimate
-from hwsim.cost.resources import resource_lines
+from hwsim.cost.resources import resource_dicts, resource_lines
 from hwsim.cost.targets import hardware_of
 from hwsim.engine import Engine, dequantize, quantize
 from hwsim.report import layer_table, summary_lines, write_json, write_plot
@@ -182,7 +182,7 @@ def estimate_command(
     graph = read_graph(spec)
     hw = hardware_of(load_target(target)).with_overrides(array, dataflow, memory_model)
     result = estimate(graph, hw, batch=batch)
-    _write_outputs(result, json_out, plot)
+    _write_outputs(result, json_out, plot, {"resources": resource_dicts(graph, hw)})
     console.print(layer_table(result, f"hwsim estimate: {spec} on {hw.name}"))
     for line in summary_lines(result):
         console.print(line, highlight=False)

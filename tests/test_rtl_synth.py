@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -49,8 +50,10 @@ def test_estimate_prints_the_array_resources(digits_checkpoint: Path, tmp_path: 
     from qexport.ir.serialize import write_spec
 
     write_spec(export.graph, tmp_path)
-    result = invoke(app, "estimate", tmp_path / "layer_spec.json", "--target", "fpga")
+    result = invoke(app, "estimate", tmp_path / "layer_spec.json", "--target", "fpga", "--json", tmp_path / "e.json")
     assert result.exit_code == 0, result.stderr
+    (entry,) = json.loads((tmp_path / "e.json").read_text())["resources"]
+    assert entry["total"] == res.total and entry["style"] == "multiply"
     printed = " ".join(result.stdout.split())  # rich wraps long lines
     assert f"LUT {res.total['lut']:,}, FF {res.total['ff']:,}, DSP {res.total['dsp']:,}" in printed
     assert array_resources(export.graph, hardware_of(load_target("arm"))) == []

@@ -73,6 +73,14 @@ def array_resources(graph: Graph, hw: Hardware) -> list[ArrayResources]:
     return out
 
 
+def resource_dicts(graph: Graph, hw: Hardware) -> list[dict]:
+    """The estimate JSON's ``resources``: per PE style, the synthesized width, PEs, per PE and totals."""
+    return [
+        {"style": r.style, "bits": r.bits, "pes": r.pes, "per_pe": r.per_pe, "total": r.total, "flavour": "xilinx"}
+        for r in array_resources(graph, hw)
+    ]
+
+
 def resource_lines(graph: Graph, hw: Hardware) -> list[str]:
     """``hwsim estimate``'s resource lines."""
     lines = []
