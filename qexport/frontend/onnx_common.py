@@ -93,12 +93,10 @@ class Accumulator:
 
 @dataclass
 class Builder:
-    """Accumulates the IR graph; ``values`` maps ONNX tensor names to the classes above."""
+    """Accumulates the IR graph and the ONNX names behind its inputs and integer tensors."""
 
     name: str
-    source: str
     graph: Graph = field(init=False)
-    values: dict[str, object] = field(default_factory=dict)
     onnx_inputs: dict[str, str] = field(default_factory=dict)  # IR input -> ONNX input name
     onnx_tensors: dict[str, str] = field(default_factory=dict)  # IR tensor -> ONNX tensor holding its integers
     _names: set[str] = field(default_factory=set)

@@ -55,7 +55,7 @@ def detect(model: onnx.ModelProto) -> bool:
 class QopLowerer:
     def __init__(self, model: onnx.ModelProto, name: str):
         self.model = model
-        self.b = Builder(name, name)
+        self.b = Builder(name)
         self.consts = constant_values(model)
         self.values: dict[str, IntTensor] = {}
         self.dequantized: dict[str, str] = {}  # ONNX DequantizeLinear output -> IR tensor

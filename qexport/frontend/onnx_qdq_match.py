@@ -79,7 +79,7 @@ class QdqMatcher:
 
     def __init__(self, model: onnx.ModelProto, name: str):
         self.model = model
-        self.b = Builder(name, name)
+        self.b = Builder(name)
         self.uses = Counter(i for node in model.graph.node for i in node.input)
         self.values: dict[str, object] = {k: Const(v) for k, v in constant_values(model).items()}
 
