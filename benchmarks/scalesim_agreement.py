@@ -15,7 +15,7 @@ SCALE-Sim runs in its own virtual environment (numpy 2.4 breaks scalesim 3.0.0; 
     ~/.cache/qexport-scalesim-venv/bin/pip install scalesim==3.0.0 "numpy==2.3.*"
 
 (created like that on first use if missing; QEXPORT_SCALESIM_VENV names another one). SCALE-Sim is
-slow on big layers: about 40 minutes of CPU for the 666 runs; results are cached in
+slow on big layers: 44 minutes for the 666 runs, 2 at a time, on a shared 2-core machine; results are cached in
 ~/.cache/qexport-scalesim-results.json as they come (--fresh ignores the cache).
 
     python benchmarks/scalesim_agreement.py [--fresh] [--jobs N] [--no-write] [--cached-only]
@@ -351,10 +351,10 @@ def body(layers: list[Layer], rows: list[Row], ok: bool) -> str:
         "",
         "`hwsim.cost.scalesim_memory` (the `scalesim` memory mode) and `hwsim.cost.systolic.compute_cycles` vs",
         f"SCALE-Sim 3.0.0 (numpy 2.3, USER bandwidth mode, {WORDS_PER_CYCLE} words/cycle for each operand, 1-byte",
-        f"words) on every distinct layer of CIFAR ResNet-20 and MobileNetV2 ({counts['resnet20']} + "
-        f"{counts['mobilenetv2']} = {len(layers)} distinct layers; {coverage}; a depthwise layer is one",
-        "group's conv, linear layers are 1x1 convs on",
-        "a 1x1 input, SCALE-Sim is given the padded input the windows touch). Errors are per layer,",
+        "words) on every distinct layer of CIFAR ResNet-20 and MobileNetV2 "
+        f"({counts['resnet20']} + {counts['mobilenetv2']} = {len(layers)} layers;",
+        f"{coverage}). A depthwise layer is one group's conv, linear layers are 1x1 convs on a 1x1 input,",
+        "SCALE-Sim is given the padded input the windows touch. Errors are per layer,",
         "|ours - SCALE-Sim| / SCALE-Sim (absolute when SCALE-Sim's value is 0); DRAM reads: the larger of the",
         "ifmap and filter errors; compute cycles: ours vs SCALE-Sim's cycles less its stalls. Requirement:",
         f"stalls and DRAM traffic within {TOLERANCE:.0%}, compute cycles within {COMPUTE_TOLERANCE:.0%}, per layer. "
@@ -365,7 +365,8 @@ def body(layers: list[Layer], rows: list[Row], ok: bool) -> str:
         "",
         *table(rows),
         "",
-        f"The scalesim mode took {seconds:.1f} s for the {compared} layer runs (SCALE-Sim: about 40 CPU-minutes).",
+        f"The scalesim mode took {seconds:.1f} s for the {compared} layer runs (SCALE-Sim: 44 minutes, 2 runs",
+        "in parallel on a shared 2-core machine).",
     ])  # fmt: skip
 
 
