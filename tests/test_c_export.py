@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from hwsim.engine import Engine
 from qexport.board_verify import run_model
 from qexport.errors import GraphError
 from qexport.export.c_code import write_c
+from qexport.export.c_dot import DISABLED
 from qexport.export.c_pack import pack_rows
 from qexport.ir.checker import check_graph
 from qexport.ir.dtypes import IntType
@@ -132,13 +134,34 @@ def add_requantize(draw, graph: Graph, acc: str, channels: int, operands: tuple[
 @SETTINGS
 @given(data=st.data())
 def test_conv_layer_every_format(fmt, data, tmp_path_factory):
+    """Both kernels: the int8 dot path where the layer qualifies, and the general path (forced) as well."""
     graph, _, batch = data.draw(conv_layers(fmt))
     try:
         check_graph(graph)
     except GraphError:
         assume(False)
     feeds = {"x": random_feed(data.draw, graph.tensors["x"], batch)}
-    check_exact(graph, feeds, tmp_path_factory.mktemp("conv"))
+    if data.draw(st.booleans(), label="general path"):
+        with mock.patch("qexport.export.c_code.plan_dot", lambda *_: dict(DISABLED)):
+            check_exact(graph, feeds, tmp_path_factory.mktemp("conv"))
+    else:
+        check_exact(graph, feeds, tmp_path_factory.mktemp("conv"))
+
+
+def test_dot_path_is_taken_and_packed_channels_last(tmp_path):
+    """W8A8-style conv: the dot path with the int8 rows used in place, weight rows in (u, v, c) order."""
+    _, graph = checkpoint_graphs()[0]
+    c_dir = export(graph, tmp_path)
+    data = (c_dir / "model_data.h").read_text()
+    convs = [n for n in graph.nodes if n.op is Op.CONV2D]
+    assert data.count("int8 dot products") == len(convs) + 1  # every conv and the linear layer
+    assert "(const int8_t *)qxm_w0_packed" in data
+    weight = graph.weights[convs[1].attrs["weight"]]
+    bits = IntType.parse(str(weight.attrs["dtype"])).bits
+    packed = re.search(r"qxm_w1_packed\[\d+\] = \{([^}]*)\}", data).group(1)
+    got = [int(v) for v in packed.split(",") if v.strip()]
+    codes = np.moveaxis(weight.arrays["values"], 1, 3).reshape(weight.shape[0], -1) & ((1 << bits) - 1)
+    assert got == pack_rows(codes, bits)[0].tolist()
 
 
 @st.composite

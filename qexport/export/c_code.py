@@ -18,7 +18,7 @@ import numpy as np
 
 from qexport import __version__
 from qexport.export.c_arena import Arena, containers, plan_arena
-from qexport.export.c_dot import DISABLED, plan_dot
+from qexport.export.c_dot import DISABLED, channels_last, plan_dot
 from qexport.export.c_pack import CExportError, bias_values, pack_weight, partial_sum_bound
 from qexport.ir.graph import Graph, Node, TensorInfo
 from qexport.ir.ops import OP_SIGNATURES, Op, dynamic_operands
@@ -106,8 +106,7 @@ class _Planner:
         self.graph, self.arena, self.types = graph, arena, types
         self.weights: list[dict] = []
         self.codes_elems = 1
-        self.cols_bytes = 1
-        self.wbuf_bytes = 1
+        self.scratch = {"cols": 1, "wbuf": 1, "padded": 1}  # bytes of the dot path's buffers
         self.acc64 = False
         self.lut64 = False
 
@@ -123,17 +122,18 @@ class _Planner:
         bias_name = node.attrs.get("bias")
         bias = graph.weights[bias_name] if bias_name is not None else None
         x_min, x_max = centred_range(graph, node.inputs[0])
+        acc64 = partial_sum_bound(weight, bias, x_min, x_max) > (1 << 31) - 1
+        bias_ints = bias_values(bias)
+        dot = dict(DISABLED) if acc64 else plan_dot(graph, node, self.types[node.inputs[0]], bias_ints)
+        if dot["enabled"] and node.op is Op.CONV2D:
+            weight = channels_last(weight)  # the dot path reads rows in (kernel row, column, channel) order
         fields = pack_weight(weight, x_min, x_max)
-        fields.update(id=len(self.weights), node=node.name, bias=bias_values(bias))
+        fields.update(id=len(self.weights), node=node.name, bias=bias_ints, dot=dot)
         self.weights.append(fields)
         self.codes_elems = max(self.codes_elems, fields["row_len"] * fields["terms"])
-        acc64 = partial_sum_bound(weight, bias, x_min, x_max) > (1 << 31) - 1
         self.acc64 |= acc64
         self.lut64 |= bool(fields["lut"]) and max(abs(v) for v in fields["lut"]) > (1 << 31) - 1
-        dot = dict(DISABLED) if acc64 else plan_dot(graph, node, self.types[node.inputs[0]], fields["bias"])
-        fields["dot"] = dot
-        self.cols_bytes = max(self.cols_bytes, dot["cols"])
-        self.wbuf_bytes = max(self.wbuf_bytes, dot["wbuf"])
+        self.scratch = {key: max(self.scratch[key], dot[key]) for key in self.scratch}
         return fields["id"]
 
     def step(self, index: int, node: Node) -> dict:
@@ -221,7 +221,7 @@ def c_context(graph: Graph) -> dict:
     planner = _Planner(graph, arena, types)
     steps = [planner.step(index, node) for index, node in enumerate(graph.nodes)]
     inputs, outputs = _io(graph, graph.inputs, arena, types), _io(graph, graph.outputs, arena, types)
-    scratch = planner.codes_elems * 4 + planner.cols_bytes + planner.wbuf_bytes
+    scratch = planner.codes_elems * 4 + sum(planner.scratch.values())
     return {
         "version": __version__,
         "name": graph.name,
@@ -235,8 +235,9 @@ def c_context(graph: Graph) -> dict:
         "arena_bytes": arena.size,
         "arena_words": arena.size // 8,
         "codes_elems": planner.codes_elems,
-        "cols_bytes": planner.cols_bytes,
-        "wbuf_bytes": planner.wbuf_bytes,
+        "cols_bytes": planner.scratch["cols"],
+        "wbuf_bytes": planner.scratch["wbuf"],
+        "padded_bytes": planner.scratch["padded"],
         "scratch_bytes": scratch,
         "acc64": planner.acc64,
         "lut64": planner.lut64,

@@ -90,15 +90,216 @@ static qx_acc_t qx_product(const qx_weight_t *w, const int32_t *codes, int32_t i
     }
 }
 
-void qx_conv2d(const qx_conv_t *p, const qx_act_t *x, qx_act_t *y, int32_t *codes)
+int32_t qx_load(const void *x, int32_t type, int32_t i)
+{
+    switch (type) {
+    case QX_I8:
+        return ((const int8_t *)x)[i];
+    case QX_U8:
+        return ((const uint8_t *)x)[i];
+    case QX_I16:
+        return ((const int16_t *)x)[i];
+    case QX_U16:
+        return ((const uint16_t *)x)[i];
+    default:
+        return ((const int32_t *)x)[i];
+    }
+}
+
+void qx_store(void *y, int32_t type, int32_t i, int32_t v)
+{
+    /* v is in the tensor's IR range, which its container holds */
+    switch (type) {
+    case QX_I8:
+        ((int8_t *)y)[i] = (int8_t)v;
+        break;
+    case QX_U8:
+        ((uint8_t *)y)[i] = (uint8_t)v;
+        break;
+    case QX_I16:
+        ((int16_t *)y)[i] = (int16_t)v;
+        break;
+    case QX_U16:
+        ((uint16_t *)y)[i] = (uint16_t)v;
+        break;
+    default:
+        ((int32_t *)y)[i] = v;
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------------------------ dot path */
+
+static int32_t qx_dot_u8s8(const uint8_t *a, const int8_t *b, int32_t n)
+{
+    /* contiguous uint8 x int8 -> int32: vectorized by compilers (e.g. vpdpbusd, udot, smlad) */
+    int32_t sum = 0, k;
+    for (k = 0; k < n; ++k) {
+        sum += (int32_t)a[k] * (int32_t)b[k];
+    }
+    return sum;
+}
+
+static void qx_dot4_u8s8(const uint8_t *restrict a, const int8_t *restrict w, int32_t n, int32_t *restrict sums)
+{
+    /* four consecutive weight rows against one activation row: the row is loaded once for all four */
+    const int8_t *restrict w1 = w + n, *restrict w2 = w1 + n, *restrict w3 = w2 + n;
+    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, k;
+    for (k = 0; k < n; ++k) {
+        const int32_t x = a[k];
+        s0 += x * (int32_t)w[k];
+        s1 += x * (int32_t)w1[k];
+        s2 += x * (int32_t)w2[k];
+        s3 += x * (int32_t)w3[k];
+    }
+    sums[0] = s0;
+    sums[1] = s1;
+    sums[2] = s2;
+    sums[3] = s3;
+}
+
+static const int8_t *qx_dot_weights(const qx_weight_t *w, const qx_dot_t *d, const qx_scratch_t *s)
+{
+    /* every row as int8 integers: the packed bytes themselves, or unpacked into the scratch */
+    int32_t row, i, t;
+    if (d->direct) {
+        return d->direct;
+    }
+    for (row = 0; row < w->rows; ++row) {
+        int8_t *dst = s->wbuf + row * w->row_len;
+        qx_unpack_row(w, row, s->codes);
+        for (i = 0; i < w->row_len; ++i) {
+            int32_t value = 0;
+            if (w->format == QX_INT_AFFINE || w->format == QX_CODEBOOK) {
+                value = s->codes[i];
+            } else { /* pot (one term) or apot: each code is the shift + 1, negative for a negative term */
+                for (t = 0; t < w->terms; ++t) {
+                    int32_t code = s->codes[i * w->terms + t];
+                    int32_t term = code ? (int32_t)1 << ((code < 0 ? -code : code) - 1) : 0;
+                    value += code < 0 ? -term : term;
+                }
+            }
+            dst[i] = (int8_t)value;
+        }
+    }
+    return s->wbuf;
+}
+
+static uint8_t qx_offset(const uint8_t *x, int32_t i, uint8_t flip, uint8_t base)
+{
+    /* x[i] - x_min as uint8: int8 storage is flipped to x + 128 first (base = x_min + 128) */
+    return (uint8_t)((uint8_t)(x[i] ^ flip) - base);
+}
+
+static void qx_pad_channels_last(const qx_conv_t *p, const uint8_t *xg, uint8_t *dst)
+{
+    /* dst[hp][wp][c] = x[c][hp - pad_top][wp - pad_left] - x_min, or the centred zero outside the input */
+    const int32_t cin_g = p->in_c / p->groups, in_h = p->in_h, in_w = p->in_w, plane = p->in_h * p->in_w;
+    const int32_t rows = p->dot.padded_h, cols = p->dot.padded_w;
+    const uint8_t flip = p->x_type == QX_I8 ? 0x80u : 0u, pad = (uint8_t)p->dot.x_off;
+    const uint8_t base = (uint8_t)(p->x_type == QX_I8 ? p->dot.x_min + 128 : p->dot.x_min);
+    int32_t hp, wp, c;
+    for (hp = 0; hp < rows; ++hp) {
+        const int32_t ih = hp - p->pad_top;
+        for (wp = 0; wp < cols; ++wp) {
+            const int32_t iw = wp - p->pad_left;
+            uint8_t *out = dst + (hp * cols + wp) * cin_g;
+            if (ih < 0 || ih >= in_h || iw < 0 || iw >= in_w) {
+                for (c = 0; c < cin_g; ++c) {
+                    out[c] = pad;
+                }
+            } else {
+                for (c = 0; c < cin_g; ++c) {
+                    out[c] = qx_offset(xg, c * plane + ih * in_w + iw, flip, base);
+                }
+            }
+        }
+    }
+}
+
+static void qx_copy_bytes(uint8_t *dst, const uint8_t *src, int32_t n)
+{
+    int32_t k;
+    for (k = 0; k < n; ++k) {
+        dst[k] = src[k];
+    }
+}
+
+static void qx_im2col(const qx_conv_t *p, const uint8_t *padded, int32_t first, int32_t count, uint8_t *cols)
+{
+    /* per output pixel one row of k_h x k_w x cin_g values: k_h contiguous runs (k_h x k_w if dilated) */
+    const int32_t cin_g = p->in_c / p->groups, k_h = p->k_h, k_w = p->k_w, out_w = p->out_w;
+    const int32_t pitch = p->dot.padded_w * cin_g, run = k_w * cin_g;
+    int32_t q, u, v;
+    for (q = 0; q < count; ++q) {
+        const int32_t i = (first + q) / out_w, j = (first + q) % out_w;
+        for (u = 0; u < k_h; ++u) {
+            const uint8_t *src = padded + (i * p->stride_h + u * p->dil_h) * pitch + j * p->stride_w * cin_g;
+            if (p->dil_w == 1) {
+                qx_copy_bytes(cols, src, run);
+            } else {
+                for (v = 0; v < k_w; ++v) {
+                    qx_copy_bytes(cols + v * cin_g, src + v * p->dil_w * cin_g, cin_g);
+                }
+            }
+            cols += run;
+        }
+    }
+}
+
+static void qx_conv2d_dot(const qx_conv_t *p, const void *x, int32_t *y, const qx_scratch_t *s)
+{
+    const qx_dot_t *d = &p->dot;
+    const int8_t *weights = qx_dot_weights(p->weight, d, s);
+    const int32_t cin_g = p->in_c / p->groups, cout_g = p->out_c / p->groups;
+    const int32_t k_len = cin_g * p->k_h * p->k_w, pixels = p->out_h * p->out_w, block = d->block;
+    const int32_t x_off = d->x_off;
+    const int32_t *bias = p->bias, *row_sum = d->row_sum;
+    uint8_t *cols = s->cols;
+    int32_t g, first, q, o;
+    for (g = 0; g < p->groups; ++g) {
+        qx_pad_channels_last(p, (const uint8_t *)x + g * cin_g * p->in_h * p->in_w, s->padded);
+        for (first = 0; first < pixels; first += block) {
+            const int32_t count = pixels - first < block ? pixels - first : block;
+            qx_im2col(p, s->padded, first, count, cols);
+            for (o = g * cout_g; o < (g + 1) * cout_g; o += 4) {
+                const int8_t *wr = weights + o * k_len;
+                int32_t t, rows = (g + 1) * cout_g - o < 4 ? (g + 1) * cout_g - o : 4, sums[4], correction[4];
+                for (t = 0; t < rows; ++t) {
+                    correction[t] = (bias ? bias[o + t] : 0) - x_off * row_sum[o + t];
+                }
+                for (q = 0; q < count; ++q) {
+                    if (rows == 4) {
+                        qx_dot4_u8s8(cols + q * k_len, wr, k_len, sums);
+                    } else {
+                        for (t = 0; t < rows; ++t) {
+                            sums[t] = qx_dot_u8s8(cols + q * k_len, wr + t * k_len, k_len);
+                        }
+                    }
+                    for (t = 0; t < rows; ++t) {
+                        y[(o + t) * pixels + first + q] = sums[t] + correction[t];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------- general path */
+
+void qx_conv2d(const qx_conv_t *p, const void *x, int32_t *y, const qx_scratch_t *s)
 {
     int32_t cin_g = p->in_c / p->groups, cout_g = p->out_c / p->groups;
     int32_t o, i, j, c, u, v;
     int linear = p->weight->format == QX_INT_AFFINE || p->weight->format == QX_CODEBOOK; /* plain multiplies */
+    if (p->dot.enabled) {
+        qx_conv2d_dot(p, x, y, s);
+        return;
+    }
     for (o = 0; o < p->out_c; ++o) {
-        const qx_act_t *xg = x + (o / cout_g) * cin_g * p->in_h * p->in_w;
+        int32_t base = (o / cout_g) * cin_g * p->in_h * p->in_w;
         qx_acc_t bias = p->bias ? (qx_acc_t)p->bias[o] : 0;
-        qx_unpack_row(p->weight, o, codes);
+        qx_unpack_row(p->weight, o, s->codes);
         for (i = 0; i < p->out_h; ++i) {
             for (j = 0; j < p->out_w; ++j) {
                 qx_acc_t acc = 0;
@@ -110,39 +311,66 @@ void qx_conv2d(const qx_conv_t *p, const qx_act_t *x, qx_act_t *y, int32_t *code
                         }
                         for (v = 0; v < p->k_w; ++v) {
                             int32_t iw = j * p->stride_w + v * p->dil_w - p->pad_left;
+                            qx_acc_t xv;
+                            int32_t k = (c * p->k_h + u) * p->k_w + v;
                             if (iw < 0 || iw >= p->in_w) {
                                 continue;
                             }
-                            qx_acc_t xv = (qx_acc_t)xg[(c * p->in_h + ih) * p->in_w + iw] - p->x_zp;
-                            int32_t k = (c * p->k_h + u) * p->k_w + v;
-                            acc += linear ? xv * (qx_acc_t)codes[k] : qx_product(p->weight, codes, k, xv);
+                            xv = (qx_acc_t)qx_load(x, p->x_type, base + (c * p->in_h + ih) * p->in_w + iw) - p->x_zp;
+                            acc += linear ? xv * (qx_acc_t)s->codes[k] : qx_product(p->weight, s->codes, k, xv);
                         }
                     }
                 }
-                y[(o * p->out_h + i) * p->out_w + j] = (qx_act_t)(acc + bias);
+                y[(o * p->out_h + i) * p->out_w + j] = (int32_t)(acc + bias);
             }
         }
     }
 }
 
-void qx_linear(const qx_linear_t *p, const qx_act_t *x, qx_act_t *y, int32_t *codes)
+void qx_linear(const qx_linear_t *p, const void *x, int32_t *y, const qx_scratch_t *s)
 {
     int32_t o, k;
+    if (p->dot.enabled) {
+        const qx_dot_t *d = &p->dot;
+        const int8_t *weights = qx_dot_weights(p->weight, d, s);
+        uint8_t flip = p->x_type == QX_I8 ? 0x80u : 0u;
+        uint8_t base = (uint8_t)(p->x_type == QX_I8 ? d->x_min + 128 : d->x_min);
+        for (k = 0; k < p->in_n; ++k) {
+            s->cols[k] = qx_offset((const uint8_t *)x, k, flip, base);
+        }
+        for (o = 0; o < p->out_n; ++o) {
+            int32_t correction = (p->bias ? p->bias[o] : 0) - d->x_off * d->row_sum[o];
+            y[o] = qx_dot_u8s8(s->cols, weights + o * p->in_n, p->in_n) + correction;
+        }
+        return;
+    }
     for (o = 0; o < p->out_n; ++o) {
         qx_acc_t acc = 0;
-        qx_unpack_row(p->weight, o, codes);
+        qx_unpack_row(p->weight, o, s->codes);
         for (k = 0; k < p->in_n; ++k) {
-            acc += qx_product(p->weight, codes, k, (qx_acc_t)x[k] - p->x_zp);
+            acc += qx_product(p->weight, s->codes, k, (qx_acc_t)qx_load(x, p->x_type, k) - p->x_zp);
         }
-        y[o] = (qx_act_t)(acc + (p->bias ? (qx_acc_t)p->bias[o] : 0));
+        y[o] = (int32_t)(acc + (p->bias ? (qx_acc_t)p->bias[o] : 0));
     }
 }
 
-void qx_add(const qx_add_t *p, const qx_act_t *a, const qx_act_t *b, qx_act_t *y)
+void qx_add(const qx_add_t *p, const void *a, const void *b, int32_t *y)
 {
     int32_t i;
+    if ((p->a_type == QX_I8 || p->a_type == QX_U8) && (p->b_type == QX_I8 || p->b_type == QX_U8)) {
+        /* byte inputs: int8 read as uint8 (x ^ 0x80) - 128, a vectorizable loop */
+        const uint8_t *restrict pa = (const uint8_t *)a, *restrict pb = (const uint8_t *)b;
+        int32_t *restrict out = y;
+        const uint8_t fa = p->a_type == QX_I8 ? 0x80u : 0u, fb = p->b_type == QX_I8 ? 0x80u : 0u;
+        const int64_t ca = (int64_t)fa + p->zp_a, cb = (int64_t)fb + p->zp_b, ma = p->mul_a, mb = p->mul_b;
+        for (i = 0; i < p->n; ++i) {
+            out[i] = (int32_t)(((int64_t)(uint8_t)(pa[i] ^ fa) - ca) * ma + ((int64_t)(uint8_t)(pb[i] ^ fb) - cb) * mb);
+        }
+        return;
+    }
     for (i = 0; i < p->n; ++i) {
-        y[i] = (qx_act_t)(((int64_t)a[i] - p->zp_a) * p->mul_a + ((int64_t)b[i] - p->zp_b) * p->mul_b);
+        int64_t lhs = ((int64_t)qx_load(a, p->a_type, i) - p->zp_a) * p->mul_a;
+        y[i] = (int32_t)(lhs + ((int64_t)qx_load(b, p->b_type, i) - p->zp_b) * p->mul_b);
     }
 }
 
@@ -176,70 +404,187 @@ int64_t qx_round_div(int64_t value, int64_t divisor)
     return quotient;
 }
 
-int qx_requantize(const qx_requant_t *p, const qx_act_t *acc, const qx_act_t *num, const qx_act_t *den, qx_act_t *y)
+static int qx_requantize_fast(const qx_requant_t *p, const int32_t *acc, void *y)
+{
+    /* static requantize of int32 accumulators with -31 <= shift <= 61: vectorizable, no branches per element.
+     * With u = acc * multiplier * 2**max(-shift, 0) + 2**62 (in [0, 2**63) as the product stays below 2**62),
+     * floor(product / 2**shift) for shift > 0 is (u >> shift) - 2**(62 - shift), with the parity of u >> shift;
+     * adding half - 1 + that parity bit before the floor rounds half to even. shift <= 0: u - 2**62. */
+    int32_t c, k;
+    for (c = 0; c < p->channels; ++c) {
+        const int32_t index = p->n_params == 1 ? 0 : c, shift = p->shift[index];
+        const int32_t right = shift > 0 ? shift : 0; /* shift <= 0: an exact product, no rounding */
+        const int64_t multiplier = (int64_t)p->multiplier[index] * ((int64_t)1 << (shift < 0 ? -shift : 0));
+        const int64_t offset = (int64_t)1 << (62 - right);
+        const uint64_t half = shift > 0 ? ((uint64_t)1 << (right - 1)) - 1u : 0u, bias = (uint64_t)1 << 62;
+        const int32_t *restrict a = acc + c * p->inner;
+        const int32_t zp = p->zp_out, inner = p->inner;
+        const int64_t lo = p->clip_min, hi = p->clip_max;
+        const int pure_shift = multiplier == 1 && right >= 1 && right <= 31;
+        const uint32_t half32 = pure_shift ? ((uint32_t)1 << (right - 1)) : 0u, mask32 = half32 * 2u - 1u;
+        const int32_t offset32 = pure_shift ? (int32_t)((uint32_t)1 << (31 - right)) : 0;
+#define QX_REQUANT_LOOP(T)                                                                          \
+    {                                                                                               \
+        T *restrict out = (T *)y + c * inner;                                                       \
+        if (pure_shift) { /* 32-bit lanes: u = acc + 2**31, floor = (u >> shift) - 2**(31 - shift) */  \
+            for (k = 0; k < inner; ++k) {                                                           \
+                const uint32_t u = (uint32_t)a[k] ^ 0x80000000u, r = u & mask32;                    \
+                int32_t q = (int32_t)(u >> right) - offset32;                                       \
+                q += (r > half32 || (r == half32 && (q & 1))) ? 1 : 0;                              \
+                q += zp;                                                                            \
+                q = q < lo ? (int32_t)lo : q;                                                       \
+                q = q > hi ? (int32_t)hi : q;                                                       \
+                out[k] = (T)q;                                                                      \
+            }                                                                                       \
+        } else {                                                                                    \
+            for (k = 0; k < inner; ++k) {                                                           \
+                const uint64_t u = (uint64_t)((int64_t)a[k] * multiplier) + bias;                   \
+                int64_t q = (int64_t)((u + half + ((u >> right) & (uint64_t)(shift > 0))) >> right); \
+                q = q - offset + zp;                                                                \
+                q = q < lo ? lo : q;                                                                \
+                q = q > hi ? hi : q;                                                                \
+                out[k] = (T)q;                                                                      \
+            }                                                                                       \
+        }                                                                                           \
+    }
+        switch (p->y_type) {
+        case QX_I8:
+            QX_REQUANT_LOOP(int8_t)
+            break;
+        case QX_U8:
+            QX_REQUANT_LOOP(uint8_t)
+            break;
+        case QX_I16:
+            QX_REQUANT_LOOP(int16_t)
+            break;
+        case QX_U16:
+            QX_REQUANT_LOOP(uint16_t)
+            break;
+        default:
+            QX_REQUANT_LOOP(int32_t)
+            break;
+        }
+#undef QX_REQUANT_LOOP
+    }
+    return QX_OK;
+}
+
+static int qx_fast_requant_ok(const qx_requant_t *p)
+{
+    int32_t i;
+    if (p->mode != QX_STATIC || p->acc_type != QX_I32) {
+        return 0;
+    }
+    for (i = 0; i < p->n_params; ++i) {
+        int64_t magnitude = p->multiplier[i] < 0 ? -(int64_t)p->multiplier[i] : p->multiplier[i];
+        if (p->shift[i] > 61 || p->shift[i] < -31 || (p->shift[i] < 0 && (magnitude << -p->shift[i]) > INT32_MAX)) {
+            return 0; /* |acc * multiplier * 2**-shift| < 2**62 is what the fast path needs */
+        }
+    }
+    return 1;
+}
+
+int qx_requantize(const qx_requant_t *p, const void *acc, const void *num, const void *den, void *y)
 {
     int32_t c, k;
-    int64_t factor = (p->mode == QX_DYN_MUL || p->mode == QX_DYN_MULDIV) ? (int64_t)num[0] : 1;
+    int64_t factor = (p->mode == QX_DYN_MUL || p->mode == QX_DYN_MULDIV) ? (int64_t)qx_load(num, p->num_type, 0) : 1;
     int use_den = p->mode == QX_DYN_DIV || p->mode == QX_DYN_MULDIV;
-    if (use_den && den[0] <= 0) {
+    int64_t den0 = use_den ? (int64_t)qx_load(den, p->den_type, 0) : 1;
+    if (use_den && den0 <= 0) {
         return QX_ERR_DIVISOR;
+    }
+    if (qx_fast_requant_ok(p)) {
+        return qx_requantize_fast(p, (const int32_t *)acc, y);
     }
     for (c = 0; c < p->channels; ++c) {
         int32_t index = p->n_params == 1 ? 0 : c, shift = p->shift[index];
         int64_t multiplier = (int64_t)p->multiplier[index] * factor;
         int64_t left = (int64_t)1 << (shift < 0 ? -shift : 0);
-        int64_t divisor = use_den ? (int64_t)den[0] * ((int64_t)1 << (shift > 0 ? shift : 0)) : 1;
+        int64_t divisor = use_den ? den0 * ((int64_t)1 << (shift > 0 ? shift : 0)) : 1;
         for (k = 0; k < p->inner; ++k) {
-            int64_t product = (int64_t)acc[c * p->inner + k] * multiplier * left;
+            int64_t product = (int64_t)qx_load(acc, p->acc_type, c * p->inner + k) * multiplier * left;
             int64_t q = use_den ? qx_round_div(product, divisor) : qx_round_shift(product, shift);
             q += p->zp_out;
             q = q < p->clip_min ? p->clip_min : (q > p->clip_max ? p->clip_max : q);
-            y[c * p->inner + k] = (qx_act_t)q;
+            qx_store(y, p->y_type, c * p->inner + k, (int32_t)q);
         }
     }
     return QX_OK;
 }
 
-void qx_relu(int32_t n, int32_t zp, const qx_act_t *x, qx_act_t *y)
+void qx_relu(int32_t n, int32_t zp, int32_t type, const void *x, void *y)
 {
     int32_t i;
     for (i = 0; i < n; ++i) {
-        y[i] = x[i] < zp ? zp : x[i];
+        int32_t v = qx_load(x, type, i);
+        qx_store(y, type, i, v < zp ? zp : v);
     }
 }
 
-void qx_clip(int32_t n, int32_t lo, int32_t hi, const qx_act_t *x, qx_act_t *y)
+void qx_clip(int32_t n, int32_t lo, int32_t hi, int32_t x_type, int32_t y_type, const void *x, void *y)
 {
     int32_t i;
     for (i = 0; i < n; ++i) {
-        y[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
+        int32_t v = qx_load(x, x_type, i);
+        qx_store(y, y_type, i, v < lo ? lo : (v > hi ? hi : v));
     }
 }
 
-void qx_maxpool(const qx_pool_t *p, const qx_act_t *x, qx_act_t *y)
+static void qx_maxpool_bytes(const qx_pool_t *p, const uint8_t *x, uint8_t *y)
 {
+    /* one-byte containers of one type: x ^ flip orders int8 as uint8, so the maximum is taken on bytes */
+    const uint8_t flip = p->x_type == QX_I8 ? 0x80u : 0u;
+    const int32_t in_h = p->in_h, in_w = p->in_w, out_h = p->out_h, out_w = p->out_w;
     int32_t c, i, j, u, v;
     for (c = 0; c < p->channels; ++c) {
-        for (i = 0; i < p->out_h; ++i) {
-            for (j = 0; j < p->out_w; ++j) {
-                qx_act_t best = p->pad_value; /* the type's minimum: padding never wins */
-                for (u = 0; u < p->k_h; ++u) {
-                    int32_t ih = i * p->stride_h + u - p->pad_top;
-                    for (v = 0; v < p->k_w; ++v) {
-                        int32_t iw = j * p->stride_w + v - p->pad_left;
-                        if (ih >= 0 && ih < p->in_h && iw >= 0 && iw < p->in_w) {
-                            qx_act_t value = x[(c * p->in_h + ih) * p->in_w + iw];
-                            best = value > best ? value : best;
-                        }
+        const uint8_t *plane = x + c * in_h * in_w;
+        for (i = 0; i < out_h; ++i) {
+            const int32_t ih0 = i * p->stride_h - p->pad_top;
+            const int32_t u0 = ih0 < 0 ? -ih0 : 0, u1 = ih0 + p->k_h > in_h ? in_h - ih0 : p->k_h;
+            for (j = 0; j < out_w; ++j) {
+                const int32_t iw0 = j * p->stride_w - p->pad_left;
+                const int32_t v0 = iw0 < 0 ? -iw0 : 0, v1 = iw0 + p->k_w > in_w ? in_w - iw0 : p->k_w;
+                uint8_t best = (uint8_t)((uint8_t)p->pad_value ^ flip); /* the type's minimum: padding never wins */
+                for (u = u0; u < u1; ++u) {
+                    for (v = v0; v < v1; ++v) {
+                        const uint8_t value = (uint8_t)(plane[(ih0 + u) * in_w + iw0 + v] ^ flip);
+                        best = value > best ? value : best;
                     }
                 }
-                y[(c * p->out_h + i) * p->out_w + j] = best;
+                y[(c * out_h + i) * out_w + j] = (uint8_t)(best ^ flip);
             }
         }
     }
 }
 
-void qx_avgpool(const qx_pool_t *p, const qx_act_t *x, qx_act_t *y)
+void qx_maxpool(const qx_pool_t *p, const void *x, void *y)
+{
+    int32_t c, i, j, u, v;
+    if ((p->x_type == QX_I8 || p->x_type == QX_U8) && p->y_type == p->x_type) {
+        qx_maxpool_bytes(p, (const uint8_t *)x, (uint8_t *)y);
+        return;
+    }
+    for (c = 0; c < p->channels; ++c) {
+        for (i = 0; i < p->out_h; ++i) {
+            for (j = 0; j < p->out_w; ++j) {
+                int32_t best = p->pad_value; /* the type's minimum: padding never wins */
+                for (u = 0; u < p->k_h; ++u) {
+                    int32_t ih = i * p->stride_h + u - p->pad_top;
+                    for (v = 0; v < p->k_w; ++v) {
+                        int32_t iw = j * p->stride_w + v - p->pad_left;
+                        if (ih >= 0 && ih < p->in_h && iw >= 0 && iw < p->in_w) {
+                            int32_t value = qx_load(x, p->x_type, (c * p->in_h + ih) * p->in_w + iw);
+                            best = value > best ? value : best;
+                        }
+                    }
+                }
+                qx_store(y, p->y_type, (c * p->out_h + i) * p->out_w + j, best);
+            }
+        }
+    }
+}
+
+void qx_avgpool(const qx_pool_t *p, const void *x, void *y)
 {
     int32_t c, i, j, u, v;
     for (c = 0; c < p->channels; ++c) {
@@ -251,7 +596,7 @@ void qx_avgpool(const qx_pool_t *p, const qx_act_t *x, qx_act_t *y)
                     for (v = 0; v < p->k_w; ++v) {
                         int32_t iw = j * p->stride_w + v - p->pad_left;
                         if (ih >= 0 && ih < p->in_h && iw >= 0 && iw < p->in_w) {
-                            total += (int64_t)x[(c * p->in_h + ih) * p->in_w + iw] - p->zp;
+                            total += (int64_t)qx_load(x, p->x_type, (c * p->in_h + ih) * p->in_w + iw) - p->zp;
                             count += 1;
                         }
                     }
@@ -259,38 +604,40 @@ void qx_avgpool(const qx_pool_t *p, const qx_act_t *x, qx_act_t *y)
                 if (p->count_include_pad) {
                     count = (int64_t)p->k_h * p->k_w;
                 }
-                y[(c * p->out_h + i) * p->out_w + j] = (qx_act_t)(qx_round_div(total, count) + p->zp);
+                qx_store(y, p->y_type, (c * p->out_h + i) * p->out_w + j, (int32_t)(qx_round_div(total, count) + p->zp));
             }
         }
     }
 }
 
-void qx_global_avgpool(int32_t channels, int32_t hw, int32_t zp, const qx_act_t *x, qx_act_t *y)
+void qx_global_avgpool(int32_t channels, int32_t hw, int32_t zp, int32_t x_type, int32_t y_type, const void *x,
+                       void *y)
 {
     int32_t c, k;
     for (c = 0; c < channels; ++c) {
         int64_t total = 0;
         for (k = 0; k < hw; ++k) {
-            total += (int64_t)x[c * hw + k] - zp;
+            total += (int64_t)qx_load(x, x_type, c * hw + k) - zp;
         }
-        y[c] = (qx_act_t)(qx_round_div(total, hw) + zp);
+        qx_store(y, y_type, c, (int32_t)(qx_round_div(total, hw) + zp));
     }
 }
 
-void qx_copy(int32_t n, const qx_act_t *x, qx_act_t *y)
+void qx_copy(int32_t n, int32_t x_type, int32_t y_type, const void *x, void *y)
 {
     int32_t i;
     for (i = 0; i < n; ++i) {
-        y[i] = x[i];
+        qx_store(y, y_type, i, qx_load(x, x_type, i));
     }
 }
 
-void qx_concat_part(int32_t outer, int32_t chunk, int32_t out_chunk, int32_t offset, const qx_act_t *x, qx_act_t *y)
+void qx_concat_part(int32_t outer, int32_t chunk, int32_t out_chunk, int32_t offset, int32_t x_type, int32_t y_type,
+                    const void *x, void *y)
 {
     int32_t o, k;
     for (o = 0; o < outer; ++o) {
         for (k = 0; k < chunk; ++k) {
-            y[o * out_chunk + offset + k] = x[o * chunk + k];
+            qx_store(y, y_type, o * out_chunk + offset + k, qx_load(x, x_type, o * chunk + k));
         }
     }
 }

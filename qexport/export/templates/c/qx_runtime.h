@@ -1,9 +1,13 @@
 /* qexport C inference runtime: integer kernels for every op and weight format of the qexport IR.
  *
- * Portable C99, no heap, no floating point. Tensors are per-sample arrays of qx_act_t in a static
- * arena owned by the generated model; weights are bit-packed rows (one per output channel, each
- * starting on a byte boundary) that the kernels unpack into a small code buffer, one row at a time.
- * Every rounding is round half to even, as in the IR reference (qexport/reference). */
+ * Portable C99, no heap, no floating point. Tensors are per-sample arrays in a static arena owned by the
+ * generated model, each stored in the smallest container of its IR type (qx_type_t: int8 up to int32).
+ * Weights are bit-packed rows (one per output channel, each starting on a byte boundary).
+ * conv2d / linear layers whose activations fit 8 bits and whose weights are integers in [-128, 127]
+ * (int_affine, codebook, pot, apot) run as dot products of offset activations (uint8, im2col from a
+ * padded channels-last copy of the input) with int8 weights into int32, which compilers vectorize;
+ * the others use the general per-format product. Every rounding is round half to even, as in the IR
+ * reference (qexport/reference). */
 #ifndef QX_RUNTIME_H
 #define QX_RUNTIME_H
 
@@ -11,11 +15,8 @@
 
 #include "qx_config.h"
 
-#ifdef QX_ACT64
-typedef int64_t qx_act_t; /* storage of every tensor element */
-#else
-typedef int32_t qx_act_t;
-#endif
+/* tensor element containers */
+enum { QX_I8 = 0, QX_U8 = 1, QX_I16 = 2, QX_U16 = 3, QX_I32 = 4 };
 #ifdef QX_ACC64
 typedef int64_t qx_acc_t; /* partial sums of conv2d / linear */
 #else
@@ -57,22 +58,37 @@ typedef struct {
     int32_t x_min; /* post: the LUT's first activation value (zero point removed) */
 } qx_weight_t;
 
+/* The fast conv2d / linear path ("dot"): acc = sum(u * w) - x_off * row_sum + bias, where u = x - x_min
+ * (uint8) and x_off = x_zp - x_min is a centred zero (the padding value); the exporter proves every
+ * partial sum fits int32. Weights come from `direct` (8-bit int_affine rows with zero point 0 are the
+ * packed bytes themselves) or are unpacked once per call into the scratch `wbuf`. */
+typedef struct {
+    int32_t enabled;
+    const int8_t *direct; /* or NULL */
+    const int32_t *row_sum;
+    int32_t x_min, x_off;
+    int32_t block; /* output pixels per im2col block (the scratch `cols` holds block x K bytes) */
+    int32_t padded_h, padded_w; /* conv2d: the padded channels-last input copy (scratch `padded`) */
+} qx_dot_t;
+
 typedef struct {
     const qx_weight_t *weight;
     const int32_t *bias; /* or NULL */
     int32_t in_c, in_h, in_w, out_c, out_h, out_w, k_h, k_w;
     int32_t stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups;
-    int32_t x_zp;
+    int32_t x_zp, x_type;
+    qx_dot_t dot;
 } qx_conv_t;
 
 typedef struct {
     const qx_weight_t *weight;
     const int32_t *bias;
-    int32_t in_n, out_n, x_zp;
+    int32_t in_n, out_n, x_zp, x_type;
+    qx_dot_t dot;
 } qx_linear_t;
 
 typedef struct {
-    int32_t n, zp_a, zp_b, mul_a, mul_b;
+    int32_t n, zp_a, zp_b, mul_a, mul_b, a_type, b_type;
 } qx_add_t;
 
 typedef struct {
@@ -81,25 +97,38 @@ typedef struct {
     const int32_t *multiplier;
     const int32_t *shift;
     int32_t zp_out, clip_min, clip_max, mode;
+    int32_t acc_type, num_type, den_type, y_type;
 } qx_requant_t;
 
 typedef struct {
     int32_t channels, in_h, in_w, out_h, out_w, k_h, k_w, stride_h, stride_w, pad_top, pad_left;
-    int32_t count_include_pad, zp, pad_value;
+    int32_t count_include_pad, zp, pad_value, x_type, y_type;
 } qx_pool_t;
 
+/* scratch buffers owned by the model (sizes from the exporter) */
+typedef struct {
+    int32_t *codes; /* one unpacked weight row (general path) */
+    uint8_t *cols;  /* im2col block of offset activations (dot path) */
+    int8_t *wbuf;   /* a layer's weights as int8 (dot path without direct weights) */
+    uint8_t *padded; /* conv2d input group, padded, channels last, offset values (dot path) */
+} qx_scratch_t;
+
+int32_t qx_load(const void *x, int32_t type, int32_t i);
+void qx_store(void *y, int32_t type, int32_t i, int32_t v);
 void qx_unpack_row(const qx_weight_t *w, int32_t row, int32_t *codes);
-void qx_conv2d(const qx_conv_t *p, const qx_act_t *x, qx_act_t *y, int32_t *codes);
-void qx_linear(const qx_linear_t *p, const qx_act_t *x, qx_act_t *y, int32_t *codes);
-void qx_add(const qx_add_t *p, const qx_act_t *a, const qx_act_t *b, qx_act_t *y);
-int qx_requantize(const qx_requant_t *p, const qx_act_t *acc, const qx_act_t *num, const qx_act_t *den, qx_act_t *y);
-void qx_relu(int32_t n, int32_t zp, const qx_act_t *x, qx_act_t *y);
-void qx_clip(int32_t n, int32_t lo, int32_t hi, const qx_act_t *x, qx_act_t *y);
-void qx_maxpool(const qx_pool_t *p, const qx_act_t *x, qx_act_t *y);
-void qx_avgpool(const qx_pool_t *p, const qx_act_t *x, qx_act_t *y);
-void qx_global_avgpool(int32_t channels, int32_t hw, int32_t zp, const qx_act_t *x, qx_act_t *y);
-void qx_copy(int32_t n, const qx_act_t *x, qx_act_t *y);
-void qx_concat_part(int32_t outer, int32_t chunk, int32_t out_chunk, int32_t offset, const qx_act_t *x, qx_act_t *y);
+void qx_conv2d(const qx_conv_t *p, const void *x, int32_t *y, const qx_scratch_t *s);
+void qx_linear(const qx_linear_t *p, const void *x, int32_t *y, const qx_scratch_t *s);
+void qx_add(const qx_add_t *p, const void *a, const void *b, int32_t *y);
+int qx_requantize(const qx_requant_t *p, const void *acc, const void *num, const void *den, void *y);
+void qx_relu(int32_t n, int32_t zp, int32_t type, const void *x, void *y);
+void qx_clip(int32_t n, int32_t lo, int32_t hi, int32_t x_type, int32_t y_type, const void *x, void *y);
+void qx_maxpool(const qx_pool_t *p, const void *x, void *y);
+void qx_avgpool(const qx_pool_t *p, const void *x, void *y);
+void qx_global_avgpool(int32_t channels, int32_t hw, int32_t zp, int32_t x_type, int32_t y_type, const void *x,
+                       void *y);
+void qx_copy(int32_t n, int32_t x_type, int32_t y_type, const void *x, void *y);
+void qx_concat_part(int32_t outer, int32_t chunk, int32_t out_chunk, int32_t offset, int32_t x_type, int32_t y_type,
+                    const void *x, void *y);
 
 int64_t qx_round_shift(int64_t value, int32_t shift);
 int64_t qx_round_div(int64_t value, int64_t divisor);
