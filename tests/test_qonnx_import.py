@@ -61,9 +61,11 @@ class ConvNet(nn.Module):
         self.r1 = qnn.QuantReLU(act_quant=uact, bit_width=abits, return_quant_tensor=True)
         self.c2 = qnn.QuantConv2d(6, 8, 3, padding=1, stride=2, groups=2, **kw)
         self.r2 = qnn.QuantReLU(act_quant=uact, bit_width=abits, return_quant_tensor=True)
-        self.pool = (
-            nn.MaxPool2d(2) if pool == "max" else qnn.TruncAvgPool2d(2, bit_width=abits, return_quant_tensor=True)
-        )
+        if pool == "max":
+            self.pool = nn.MaxPool2d(2)
+        else:  # "avg": 2x2 windows; "avg3": 3x3 windows, stride 1 (Trunc divides by 2^round(log2 9) = 8)
+            size, stride = (2, 2) if pool == "avg" else (3, 1)
+            self.pool = qnn.TruncAvgPool2d(size, stride=stride, bit_width=abits, return_quant_tensor=True)
         self.fc = qnn.QuantLinear(8 * 2 * 2, 5, **kw)
         self.out = qnn.QuantIdentity(act_quant=act, bit_width=8, return_quant_tensor=False)
 
@@ -178,7 +180,7 @@ def _check(module: nn.Module, batch: int, seed: int, exact: bool, dynamo: bool |
 
 @pytest.mark.parametrize(
     ("wbits", "abits", "per_channel", "pool"),
-    [(8, 8, False, "max"), (4, 4, True, "max"), (2, 3, True, "avg"), (5, 2, False, "avg")],
+    [(8, 8, False, "max"), (4, 4, True, "max"), (2, 3, True, "avg"), (5, 2, False, "avg"), (3, 4, False, "avg3")],
 )
 def test_brevitas_power_of_two_nets_equal_qonnx_executor(wbits, abits, per_channel, pool):
     torch.manual_seed(wbits * 10 + abits)

@@ -42,6 +42,7 @@ QONNX_OPS = frozenset({"Quant", "BipolarQuant", "Trunc"})
 HALF_EVEN_MODES = frozenset({"ROUND", "HALF_EVEN"})
 SHIFT_MODES = frozenset({"FLOOR", "CEIL"})  # expressible after a power-of-two ratio (see module docstring)
 PASS_THROUGH = frozenset({"Identity", "Dropout"})
+GRID_TOLERANCE = 2.0**-20  # relative: float32 rounding of a derived scale, far below half a step of a window sum
 ADD_ALIGN_BITS = 16  # operands of an Add whose scales are not a power-of-two ratio apart (qexport.frontend.lower)
 
 
@@ -160,6 +161,13 @@ def _scalar_scale(value: np.ndarray, where: str) -> float:
     if flat.size != 1 or not (np.isfinite(flat[0]) and flat[0] > 0):
         raise QonnxImportError(f"{where}: activation scale must be one positive number (per-tensor), got {flat}")
     return float(flat[0])
+
+
+def _grid_units(ratio: float) -> int | None:
+    """How many steps of ``Trunc``'s input scale one unit of its input is: a positive integer, allowing for the
+    float32 rounding of a scale like ``s / 9`` (the executor's first ``round(x / scale)`` absorbs it)."""
+    units = round(ratio)
+    return units if units >= 1 and abs(ratio - units) <= GRID_TOLERANCE * units else None
 
 
 def _pair(values, default) -> list[int]:
@@ -405,8 +413,8 @@ class _Importer:
         # the executor first rounds x / in_scale to an integer: the input must lie on that grid
         if isinstance(x, Pool):
             src = self.graph.tensors[x.x].quant.scale
-            per_unit = float(src) / (x.count * in_scale)
-            if per_unit != round(per_unit) or per_unit < 1:
+            per_unit = _grid_units(float(src) / (x.count * in_scale))
+            if per_unit is None:
                 raise QonnxImportError(f"{where}: input scale {in_scale} is not the pool's grid {float(src) / x.count}")
             ratio = per_unit / trunc_scale
             quant = QuantInfo(out_scale, 0)
@@ -416,8 +424,8 @@ class _Importer:
             x = self.pool_sum(x)
         if not isinstance(x, Acc):
             raise QonnxImportError(f"{where}: input {node.input[0]!r} is neither a pool nor an accumulator")
-        units = [float(c) / in_scale for c in x.scale]
-        if any(u != round(u) for u in units):
+        units = [_grid_units(float(c) / in_scale) for c in x.scale]
+        if any(u is None for u in units):
             raise QonnxImportError(f"{where}: input is not on the grid of its scale {in_scale}")
         ratios = [u / trunc_scale for u in units]
         return self.requantize(node, x, ratios, dtype, QuantInfo(out_scale, 0), low, high, mode, node.output[0])
