@@ -39,7 +39,7 @@ from hwsim.channels_last import (
 from hwsim.counters import LayerCounts, layer_counts
 from hwsim.exact import float_type
 from hwsim.float_conv import FloatConv, plan_float_conv
-from hwsim.float_requant import requantize_float
+from hwsim.float_requant import run_float_form
 from hwsim.int8_conv import Int8Conv, plan_int8_conv, torch_threads
 from hwsim.kernels import im2col as im2col_kernels
 from hwsim.kernels import mac, pool, requant
@@ -51,7 +51,7 @@ from qexport.errors import QExportError
 from qexport.ir.checker import check_graph
 from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node
-from qexport.ir.ops import Op, dynamic_operands, float_scale
+from qexport.ir.ops import Op, dynamic_operands, float_form
 
 CPU_COUNT = os.cpu_count() or 1
 CACHE_BLOCK_BYTES = 1 << 20  # im2col block size: a few images' windows, about half of a core's L2
@@ -172,7 +172,7 @@ class Engine:
                 len(consumers) == 1
                 and consumers[0].op is Op.REQUANTIZE
                 and len(consumers[0].inputs) == 1
-                and float_scale(consumers[0]) is None  # the float32 form runs unfused (hwsim.float_requant)
+                and not float_form(consumers[0])  # the float32 forms run unfused (hwsim.float_requant)
                 and node.outputs[0] not in self.graph.outputs
             ):
                 channels_last = node.op is Op.ADD or plan.conv is not None
@@ -476,9 +476,8 @@ class Engine:
 
     def _requantize(self, node: Node, values: list[np.ndarray]) -> tuple[np.ndarray, int]:
         acc = values[0]
-        if float_scale(node) is not None:
-            low, high = node.attrs["clip_min"], node.attrs["clip_max"]
-            return requantize_float(acc, float_scale(node), self._zero_point(node.outputs[0]), low, high)
+        if float_form(node):
+            return run_float_form(self.graph, node, acc)
         channels = acc.shape[1] if acc.ndim > 1 else 1
         multiplier, shift = self._requant_vectors(node, channels)
         empty = np.zeros(0, dtype=np.int64)

@@ -22,7 +22,7 @@ from qexport.errors import QExportError
 from qexport.export.onnx_qdq import export_onnx
 from qexport.frontend.onnx_import import detect_format, import_model, read_model
 from qexport.ir.graph import Graph
-from qexport.ir.ops import Op, float_scale
+from qexport.ir.ops import float_form
 from qexport.targets import Target
 
 MAX_CALIBRATION_SAMPLES = 100_000
@@ -94,7 +94,7 @@ def calibrate(model: onnx.ModelProto, data: np.ndarray) -> onnx.ModelProto:
 
 
 def has_float_requant(graph: Graph) -> bool:
-    return any(node.op is Op.REQUANTIZE and float_scale(node) is not None for node in graph.nodes)
+    return any(float_form(node) for node in graph.nodes)
 
 
 def lower_onnx(source: Path, target: Target, step=lambda _: None, calibrate_data: Path | None = None):

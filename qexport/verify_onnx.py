@@ -22,7 +22,7 @@ from qexport.export.onnx_qdq import weight_integers
 from qexport.formats import get_format, int_affine
 from qexport.frontend.requant import is_power_of_two
 from qexport.ir.graph import Graph
-from qexport.ir.ops import Op, float_scale
+from qexport.ir.ops import Op, float_form
 from qexport.verify import (
     LAYERWISE_BOUND_LSB,
     Verification,
@@ -41,14 +41,15 @@ ORT_PATH = "onnxruntime (original file)"
 def exact_import(graph: Graph) -> bool:
     """True when onnxruntime's arithmetic is reproduced exactly by construction.
 
-    QOperator graphs: every requantize is in float32 form (QLinearConv/MatMul/Gemm/GlobalAveragePool).
+    QOperator graphs: every requantize is in a float32 form (QLinearConv/MatMul/Gemm/GlobalAveragePool,
+    QLinearAdd of two tensors).
     QDQ graphs: every scale is a power of two and every partial sum (any order, bias included) is below
     2**24, so onnxruntime's float32 convolution, its division by the output scale and the IR's shift
     compute the same numbers.
     """
     requants = [node for node in graph.nodes if node.op is Op.REQUANTIZE]
     if graph.metadata.get("onnx_format") == "ort_qop":
-        return all(float_scale(node) is not None for node in requants)
+        return all(float_form(node) for node in requants)
     if not all(get_format(weight.format).linear for weight in graph.weights.values()):
         return False  # powers of sqrt(2) have no float32-exact form
     for info in graph.tensors.values():

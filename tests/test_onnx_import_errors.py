@@ -224,3 +224,88 @@ def test_mutated_models_fail_with_one_line_errors_only(tmp_path):
             import_model(read_model(path), str(path))
         except QExportError as error:
             assert "\n" not in str(error)
+
+
+def qlinear_add_model(path, rng: np.random.Generator, dtype) -> None:
+    """x -> QuantizeLinear -> a; a -> QLinearConv (1x1) -> b; QLinearAdd(a, b) -> DequantizeLinear."""
+    info = np.iinfo(dtype)
+
+    def zero():
+        return dtype(rng.integers(info.min, info.max + 1))
+
+    scales = np.exp(rng.uniform(-6, 1, 3)).astype(np.float32)
+    consts = {
+        "sa": scales[0],
+        "za": zero(),
+        "sb": scales[1],
+        "zb": zero(),
+        "sc": scales[2],
+        "zc": zero(),
+        "w": rng.integers(-127, 128, (3, 3, 1, 1)).astype(np.int8),
+        "ws": np.float32(rng.uniform(0.005, 0.05)),
+        "wz": np.int8(0),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sa", "za"], ["a"]),
+        helper.make_node("QLinearConv", ["a", "sa", "za", "w", "ws", "wz", "sb", "zb"], ["b"]),
+        helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["c"], domain="com.microsoft"),
+        helper.make_node("DequantizeLinear", ["c", "sc", "zc"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qladd",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save_model(helper.make_model(graph, opset_imports=opsets), str(path))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qlinear_add_float_form_is_bit_exact_with_onnxruntime(tmp_path, dtype):
+    """QLinearAdd imports as a packed add + float32 FMA requantize (float_add): reference, hwsim and
+    onnxruntime agree on every output for random scales (ratios e^-7..e^7) and zero points."""
+    from qexport.frontend.onnx_import import import_onnx
+    from qexport.verify_onnx import exact_import, verify_import
+
+    rng = np.random.default_rng(0 if dtype == np.uint8 else 1)
+    for case in range(12):
+        path = tmp_path / f"qladd_{case}.onnx"
+        qlinear_add_model(path, rng, dtype)
+        graph = import_onnx(path)
+        assert exact_import(graph) and any("float_add" in node.attrs for node in graph.nodes)
+        inputs = (rng.standard_normal((16, 3, 8, 8)) * rng.uniform(0.1, 20)).astype(np.float32)
+        result = verify_import(graph, onnx.load(str(path)), inputs)
+        assert [path_.max_error_lsb for path_ in result.paths] == [0, 0]
+        assert all(worst == 0 for worst, _ in result.layerwise.values())
+
+
+@given(
+    st.floats(2.0**-40, 2.0**6).map(f32),
+    st.floats(2.0**-40, 2.0**6).map(f32),
+    st.floats(-300.0, 300.0).map(f32),
+    st.integers(0, 255),
+    st.integers(-128, 127),
+    st.lists(st.tuples(st.integers(0, 255), st.integers(-128, 127)), min_size=1, max_size=40),
+)
+def test_float_add_reference_equals_hwsim(r_a, r_b, k, zp_a, zp_b, operands):
+    """The reference (exact rationals) and hwsim (float64 with a TwoSum exactness check and a rational
+    fallback) compute the same float32 FMA chain, including coefficients 2**-40 apart where float64 sums
+    are inexact."""
+    a_info = TensorInfo("a", IntType(False, 8), (-1, 1), QuantInfo(0.5, zp_a))
+    b_info = TensorInfo("b", IntType(True, 8), (-1, 1), QuantInfo(0.25, zp_b))
+    acc = TensorInfo("acc", IntType(True, 32), (-1, 1), QuantInfo(1.0, 0))
+    out = TensorInfo("y", IntType(False, 8), (-1, 1), QuantInfo(0.1, 0))
+    add = Node(Op.ADD, "add", ["a", "b"], ["acc"], {"lhs_multiplier": 512, "rhs_multiplier": 1})
+    requant = Node(
+        Op.REQUANTIZE,
+        "rq",
+        ["acc"],
+        ["y"],
+        {"multiplier": [1], "shift": [0], "clip_min": 0, "clip_max": 255, "float_add": [r_a, r_b, k]},
+    )
+    tensors = {"a": a_info, "b": b_info, "acc": acc, "y": out}
+    graph = check_graph(Graph("g", ["a", "b"], ["y"], tensors, [add, requant], {}))
+    feeds = {"a": np.array([[x] for x, _ in operands]), "b": np.array([[y] for _, y in operands])}
+    assert np.array_equal(run_graph(graph, feeds)["y"], Engine(graph).run(feeds)[0]["y"])

@@ -13,6 +13,8 @@ within the bound measured in docs/interop.md.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import onnx
 
@@ -35,11 +37,11 @@ from qexport.frontend.onnx_common import (
     scalar,
     unsupported,
 )
-from qexport.frontend.onnx_qdq_match import ADD_ALIGN_BITS, MALFORMED, quantize_params
-from qexport.frontend.requant import is_power_of_two
+from qexport.frontend.onnx_qdq_match import MALFORMED, quantize_params
 from qexport.ir.dtypes import INT32
 from qexport.ir.graph import Graph, QuantInfo
 from qexport.ir.ops import Op
+from qexport.reference.rounding import fma_float32, round_float32
 
 NAME = "ort_qop"
 QOP_OPS = frozenset(
@@ -248,21 +250,27 @@ class QopLowerer:
         a, b_ = self.tensor(node, 0, 1), self.tensor(node, 3, 4)
         if self.b.graph.tensors[a].shape != self.b.graph.tensors[b_].shape:
             raise unsupported(node, "QLinearAdd operands must have the same shape (no broadcasting)")
-        sa, sb = float(self.b.quant(a).scale), float(self.b.quant(b_).scale)
-        small = min(sa, sb)
-        acc_scale = small if is_power_of_two(max(sa, sb) / small) else small / (1 << ADD_ALIGN_BITS)
-        acc = self.b.add_node(
-            Op.ADD,
-            node.name or "add",
-            [a, b_],
-            INT32,
-            QuantInfo(acc_scale, 0),
-            lhs_multiplier=round(sa / acc_scale),
-            rhs_multiplier=round(sb / acc_scale),
-        )
         y_scale, kind, quant = self.output_quant(node, 6)
-        return requantize_integer(
-            self.b, f"{node.name}_requant", acc, np.array([acc_scale / y_scale]), kind, quant, (kind.min, kind.max)
+        qa, qb = self.b.quant(a), self.b.quant(b_)
+        r_a, r_b = f32(qa.scale) / f32(y_scale), f32(qb.scale) / f32(y_scale)
+        # MLAS (AVX2/FMA): k = float(zp_c) - fma(r_a, zp_a, r_b * zp_b); y = rint(fma(a, r_a, fma(b, r_b, k)))
+        product = round_float32(Fraction(float(r_b)) * qb.zero_point)
+        k = f32(quant.zero_point) - f32(float(fma_float32(Fraction(float(r_a)), Fraction(qa.zero_point), product)))
+        pack = 1 << (self.b.graph.tensors[b_].dtype.bits + 1)  # (a - zp_a) * pack + (b - zp_b), lossless
+        acc = self.b.add_node(
+            Op.ADD, node.name or "add", [a, b_], INT32, QuantInfo(1.0, 0), lhs_multiplier=pack, rhs_multiplier=1
+        )
+        return self.b.add_node(
+            Op.REQUANTIZE,
+            f"{node.name}_requant",
+            [acc],
+            kind,
+            quant,
+            multiplier=[1],
+            shift=[0],
+            clip_min=kind.min,
+            clip_max=kind.max,
+            float_add=[float(r_a), float(r_b), float(k)],
         )
 
     # --- layout ops on integers ------------------------------------------------------------------

@@ -12,7 +12,15 @@ import numpy as np
 from qexport.errors import GraphError
 from qexport.formats import get_format
 from qexport.ir.graph import Graph, Node
-from qexport.ir.ops import DYNAMIC_OPERANDS, FLOAT_SCALE, OP_SIGNATURES, WEIGHTED_OPS, Op, dynamic_operands
+from qexport.ir.ops import (
+    DYNAMIC_OPERANDS,
+    FLOAT_ADD,
+    FLOAT_SCALE,
+    OP_SIGNATURES,
+    WEIGHTED_OPS,
+    Op,
+    dynamic_operands,
+)
 from qexport.ir.shapes import infer_shape
 
 DTYPE_PRESERVING = frozenset({Op.RELU, Op.CLIP, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.FLATTEN, Op.RESHAPE})
@@ -79,6 +87,24 @@ def _check_float_scale(node: Node, channels: int) -> None:
         raise GraphError(f"node {node.name!r}: float_scale cannot be combined with dynamic requantization")
 
 
+def _check_float_add(graph: Graph, node: Node) -> None:
+    """float_add [r_a, r_b, k]: float32-exact, fed by an add that packs its operands losslessly."""
+    values = node.attrs[FLOAT_ADD]
+    numbers = isinstance(values, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if not numbers or len(values) != 3 or not all(math.isfinite(v) and float(np.float32(v)) == v for v in values):
+        raise GraphError(f"node {node.name!r}: float_add needs three finite float32-exact numbers [r_a, r_b, k]")
+    if FLOAT_SCALE in node.attrs or len(node.inputs) > 1 or "dynamic" in node.attrs:
+        raise GraphError(f"node {node.name!r}: float_add excludes float_scale and dynamic requantization")
+    producer = next((n for n in graph.nodes if n.outputs[0] == node.inputs[0]), None)
+    if producer is None or producer.op is not Op.ADD or producer.attrs["rhs_multiplier"] != 1:
+        raise GraphError(f"node {node.name!r}: float_add needs an add with rhs_multiplier 1 as its input")
+    rhs = graph.tensors[producer.inputs[1]]
+    reach = max(abs(rhs.dtype.min - rhs.quant.zero_point), abs(rhs.dtype.max - rhs.quant.zero_point))
+    lhs_multiplier = producer.attrs["lhs_multiplier"]
+    if lhs_multiplier <= 2 * reach or lhs_multiplier & (lhs_multiplier - 1):
+        raise GraphError(f"node {node.name!r}: float_add needs lhs_multiplier a power of two above 2 x |rhs - zp|")
+
+
 def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
     out = graph.tensors[node.outputs[0]]
     for key in ("multiplier", "shift"):
@@ -91,6 +117,8 @@ def _check_requantize(graph: Graph, node: Node, channels: int) -> None:
         raise GraphError(f"node {node.name!r}: shift must be in [-{MAX_REQUANT_SHIFT}, {MAX_REQUANT_SHIFT}]")
     if FLOAT_SCALE in node.attrs:
         _check_float_scale(node, channels)
+    if FLOAT_ADD in node.attrs:
+        _check_float_add(graph, node)
     low, high = node.attrs["clip_min"], node.attrs["clip_max"]
     if not (out.dtype.min <= low <= high <= out.dtype.max):
         raise GraphError(f"node {node.name!r}: clip [{low}, {high}] outside {out.dtype.name}")

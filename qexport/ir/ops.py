@@ -56,9 +56,22 @@ def dynamic_operands(node: Node) -> dict[str, str]:
 FLOAT_SCALE = "float_scale"
 
 
+FLOAT_ADD = "float_add"
+
+
 def float_scale(node: Node) -> list[float] | None:
     """The float32 scales of a requantize in float form, or None for the integer form."""
     return node.attrs.get(FLOAT_SCALE)
+
+
+def float_add(node: Node) -> list[float] | None:
+    """[r_a, r_b, k] of a requantize in float32 add form (onnxruntime's QLinearAdd), or None."""
+    return node.attrs.get(FLOAT_ADD)
+
+
+def float_form(node: Node) -> bool:
+    """A requantize whose arithmetic is float32 (``float_scale`` or ``float_add``): no integer C/HLS form."""
+    return node.op is Op.REQUANTIZE and (FLOAT_SCALE in node.attrs or FLOAT_ADD in node.attrs)
 
 
 # ops whose weights are named in attrs["weight"] and optional bias in attrs["bias"]

@@ -6,6 +6,8 @@ power-of-two requantization equals the float QDQ graph bit for bit.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 
@@ -31,3 +33,22 @@ def round_half_even_divide(values: np.ndarray, divisor: np.ndarray | int) -> np.
     twice_remainder = 2 * (values - quotient * divisor)
     round_up = (twice_remainder > divisor) | ((twice_remainder == divisor) & (quotient % 2 == 1))
     return quotient + round_up
+
+
+def round_float32(value: Fraction) -> Fraction:
+    """The float32 nearest to an exact rational, ties to even (normal range; subnormals on the 2**-149 grid)."""
+    if value == 0:
+        return Fraction(0)
+    sign, magnitude = (1 if value > 0 else -1), abs(value)
+    exponent = magnitude.numerator.bit_length() - magnitude.denominator.bit_length()
+    while magnitude >= Fraction(2) ** (exponent + 1):
+        exponent += 1
+    while magnitude < Fraction(2) ** exponent:
+        exponent -= 1
+    step = Fraction(2) ** max(exponent - 23, -149)  # 24 significant bits
+    return sign * round(magnitude / step) * step  # Fraction.__round__ rounds half to even
+
+
+def fma_float32(x: Fraction, y: Fraction, z: Fraction) -> Fraction:
+    """float32 fused multiply-add: x * y + z computed exactly, rounded once."""
+    return round_float32(x * y + z)

@@ -8,17 +8,23 @@ stay below 2**62 (the checker's rule).
 Float form (``float_scale``, imported from ONNX Runtime's QOperator kernels): the accumulator is
 rounded to the nearest float32, multiplied by the float32 scale in float32 (one IEEE rounding),
 rounded half to even, then the zero point is added and the result clipped.
+
+Float add form (``float_add`` = [r_a, r_b, k], onnxruntime's QLinearAdd on x86-64 with FMA): the
+accumulator packs the raw operands, (a - zp_a) * 2**P + (b - zp_b); the result is
+clip(rint(fma32(a, r_a, fma32(b, r_b, k)))) (k already holds the output zero point).
 """
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import numpy as np
 
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, Node
-from qexport.ir.ops import dynamic_operands, float_scale
+from qexport.ir.ops import dynamic_operands, float_add, float_scale
 from qexport.reference.ops.common import zero_point
-from qexport.reference.rounding import round_half_even_divide, round_half_even_shift
+from qexport.reference.rounding import fma_float32, round_half_even_divide, round_half_even_shift
 
 
 def _per_channel(values: list[int], ndim: int) -> np.ndarray:
@@ -35,10 +41,34 @@ def run_float(graph: Graph, node: Node, acc: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(product, np.float32(low), np.float32(high))).astype(np.int64) + zp
 
 
+def packed_operands(graph: Graph, node: Node, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The raw operands (a, b) of the add that packed them as (a - zp_a) * 2**P + (b - zp_b)."""
+    producer = graph.producer()[node.inputs[0]]
+    pack = producer.attrs["lhs_multiplier"]
+    b_centred = (acc + pack // 2) % pack - pack // 2
+    a_centred = (acc - b_centred) // pack
+    return a_centred + zero_point(graph, producer.inputs[0]), b_centred + zero_point(graph, producer.inputs[1])
+
+
+def run_float_add(graph: Graph, node: Node, acc: np.ndarray) -> np.ndarray:
+    """clip(rint(fma32(a, r_a, fma32(b, r_b, k)))): onnxruntime's QLinearAdd, exact rationals per (a, b) pair."""
+    r_a, r_b, k = (Fraction(v) for v in float_add(node))
+    a, b = packed_operands(graph, node, acc)
+    pairs, inverse = np.unique(np.stack([a.reshape(-1), b.reshape(-1)], axis=1), axis=0, return_inverse=True)
+    results = np.array(
+        [round(fma_float32(Fraction(int(x)), r_a, fma_float32(Fraction(int(y)), r_b, k))) for x, y in pairs],
+        dtype=np.int64,
+    )
+    out = results[np.asarray(inverse).reshape(-1)].reshape(acc.shape)
+    return np.clip(out, node.attrs["clip_min"], node.attrs["clip_max"])
+
+
 def run(graph: Graph, node: Node, inputs: list[np.ndarray]) -> np.ndarray:
     acc = inputs[0].astype(np.int64)
     if float_scale(node) is not None:
         return run_float(graph, node, acc)
+    if float_add(node) is not None:
+        return run_float_add(graph, node, acc)
     operands = dict(zip(dynamic_operands(node), inputs[1:], strict=False))
     per_sample = (-1,) + (1,) * (acc.ndim - 1)
     product = acc * _per_channel(node.attrs["multiplier"], acc.ndim)
