@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import optuna
 import pytest
 from cli_runner import invoke
+from optuna.distributions import CategoricalDistribution
 
 from qexport.dse.cli import app
 from qexport.dse.space import load_space
+from qexport.dse.sweep import DIRECTIONS, make_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT = ROOT / "models" / "digits_cnn_float.safetensors"
@@ -115,3 +119,22 @@ def test_missing_space_file_and_bad_options(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--force" in result.stderr
     result = invoke(app, space, "-o", tmp_path / "p", "--db", tmp_path)
     assert result.exit_code == 2 and "--db" in result.stderr
+    (tmp_path / "notes.sqlite").write_text("not a database, " * 100)
+    result = invoke(app, space, "-o", tmp_path / "p", "--db", tmp_path / "notes.sqlite")
+    assert result.exit_code == 2 and "cannot use as the results database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("sampler", ["grid", "nsga2", "tpe"])
+def test_samplers_ask_and_tell_past_the_end_of_the_grid(tmp_path: Path, sampler: str) -> None:
+    space = replace(load_space(write(tmp_path, GOOD)), sampler=sampler)
+    study = optuna.create_study(directions=list(DIRECTIONS), sampler=make_sampler(space))
+    distributions = {axis: CategoricalDistribution(list(values)) for axis, values in space.axes.items()}
+    seen = set()
+    for _ in range(3 * len(space.all_trials())):
+        trial = study.ask(distributions)
+        seen.add(space.trial_config(trial.params).key)
+        study.tell(trial, [0.5, 1.0, 1.0, 1.0])
+    assert seen <= {config.key for config in space.all_trials()}
+    if sampler == "grid":
+        assert len(seen) == len(space.all_trials())

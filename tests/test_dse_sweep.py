@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def test_a_killed_worker_does_not_lose_points(client, space_file: Path, tmp_path
     calls = tmp_path / "calls"
     calls.mkdir()
     pids = set(client.run(os.getpid).values())
-    space = load_space(space_file)
+    space = replace(load_space(space_file), sampler="grid")  # the grid sampler's path, same trials
     with ResultStore(tmp_path / "results.sqlite") as store:
         result = run_sweep(space, store, client, evaluate=partial(crash_second_call, calls=str(calls)), retries=2)
     assert (calls / "call-2").exists()  # the worker did die: nothing runs past os._exit
@@ -210,5 +211,8 @@ def test_cli_writes_front_plots_best_checkpoint_and_export(swept, client, space_
     forced = invoke(app, *args, "--force", "--no-best")
     assert forced.exit_code == 0, forced.output
     assert (out / "notes.txt").read_text() == "mine" and copy.is_file()
+    assert (out / "best" / "README.txt").is_file() and not (out / "best" / "best.ckpt").exists()
     with ResultStore(copy) as store:
         assert len(store.rows()) == TRIALS * POINTS
+    assert invoke(app, *args, "--force").exit_code == 0  # replaces its own best/ again
+    assert (out / "best" / "best.ckpt").is_file() and not (out / "best" / "README.txt").exists()

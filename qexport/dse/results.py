@@ -157,8 +157,10 @@ def write_outputs(
         write_plots(ok, on_front, staging)
         report["best"] = {key: best[key] for key in (*OBJECTIVE_NAMES, "trial", "hardware")}
         report["best"].update(trial_config=best["config"].to_dict(), hardware_config=best["point"].to_dict())
-        if checkpoint is not None:
-            (staging / "best").mkdir()
+        (staging / "best").mkdir()  # always written, so a --force run never leaves a stale best/ behind
+        if checkpoint is None:
+            (staging / "best" / "README.txt").write_text("qexport-dse --no-best: no checkpoint or export written\n")
+        else:
             data, accuracy = checkpoint(replace(best["config"], float_weights=space.float_weights))
             if accuracy != best["accuracy"]:
                 raise DseError(

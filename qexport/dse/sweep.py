@@ -43,9 +43,17 @@ class SweepResult:
     study: optuna.Study = field(repr=False, default=None)
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for ask-and-tell: it calls ``Study.stop`` once the grid is done, which raises
+    outside ``Study.optimize``; here the sweep decides when to stop."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001 - Optuna's signature
+        pass
+
+
 def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
     if space.sampler == "grid":
-        return optuna.samplers.GridSampler({axis: list(values) for axis, values in space.axes.items()}, seed=space.seed)
+        return AskTellGridSampler({axis: list(values) for axis, values in space.axes.items()}, seed=space.seed)
     if space.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=space.seed)
     return optuna.samplers.NSGAIISampler(population_size=space.population, seed=space.seed)
