@@ -160,8 +160,8 @@ class _Planner:
             if max(abs(step["mul_a"]), abs(step["mul_b"])) > (1 << 31) - 1:
                 raise CExportError(f"node {node.name!r}: add multipliers do not fit 32 bits")
         elif node.op is Op.REQUANTIZE:
-            if "float_scale" in node.attrs:
-                raise CExportError(f"node {node.name!r}: float32 requantize (float_scale) has no integer C form")
+            if "float_scale" in node.attrs or "float_add" in node.attrs:
+                raise CExportError(f"node {node.name!r}: float32 requantize has no integer C form")
             operands = dynamic_operands(node)
             mode = node.attrs.get("dynamic", "mul") if operands else None
             channels = in_shape[0] if in_shape else 1

@@ -148,8 +148,8 @@ class _HlsSteps:
         elif node.op is Op.ADD:
             step["x2"] = ids[node.inputs[1]]
         elif node.op is Op.REQUANTIZE:
-            if "float_scale" in node.attrs:
-                raise QExportError(f"node {node.name!r}: float32 requantize (float_scale) has no integer HLS form")
+            if "float_scale" in node.attrs or "float_add" in node.attrs:
+                raise QExportError(f"node {node.name!r}: float32 requantize has no integer HLS form")
             operands = dynamic_operands(node)
             step["num"] = ids[operands["num"]] if "num" in operands else None
             step["den"] = ids[operands["den"]] if "den" in operands else None

@@ -17,7 +17,7 @@ from qexport.errors import GraphError, QExportError
 from qexport.ir.checker import check_graph
 from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node, QuantInfo, TensorInfo, Weight
-from qexport.ir.ops import Op
+from qexport.ir.ops import Op, float_form
 
 SPEC_FORMAT = "qexport.layer_spec"
 SPEC_VERSION = "1.0"
@@ -85,7 +85,7 @@ def graph_to_spec(graph: Graph) -> tuple[dict[str, Any], bytes]:
         }
     spec = {
         "format": SPEC_FORMAT,
-        "version": FLOAT_SCALE_VERSION if any("float_scale" in n.attrs for n in graph.nodes) else SPEC_VERSION,
+        "version": FLOAT_SCALE_VERSION if any(float_form(n) for n in graph.nodes) else SPEC_VERSION,
         "name": graph.name,
         "metadata": graph.metadata,
         "inputs": graph.inputs,
