@@ -1,17 +1,21 @@
-"""Throughput of hwsim's functional simulation vs onnxruntime vs the numpy reference (ResNet-20, batch 64).
+"""Throughput of hwsim's functional simulation vs onnxruntime (ResNet-20 and MobileNetV2, batch 64).
 
-    python benchmarks/hwsim_throughput.py
+    python benchmarks/hwsim_throughput.py [--rounds N]
 
-All in one run, same machine, ResNet-20 (random weights, calibrated on synthetic data, power-of-two
-steps) at W4A4 and W8A8 (8-bit first/last layers). onnxruntime runs the exported ONNX with its default
-optimizations; hwsim runs its fast mode (oneDNN int8 convolutions + exact requantization, or exact
-float GEMMs) and also counts every layer's operations. Numba compile time is measured separately
-(cold cache, in a subprocess).
-Also times `hwsim estimate` for the whole network after warm-up.
+All in one run, same machine: ResNet-20 and MobileNetV2 (random weights, calibrated on synthetic data)
+at W8A8 and W4A4 (8-bit first/last layers), each with power-of-two and with free (LSQ) scales: eight
+ratios. onnxruntime runs the exported ONNX with its default optimizations. At 4 bits the default export
+uses int4 types, which onnxruntime runs dequantized in float; its best form of the same model is the
+same 4-bit values in int8 containers (``native_bits=(8, 16)``), where its fused QLinearConv applies.
+The ratio's peer is the faster onnxruntime form. hwsim runs its default engine (fast mode, all cores)
+and fills every layer's counters (MACs, bytes, saturations, overflows) on every run; its output on the
+whole batch is checked against the IR reference. Numba compile time is measured separately (cold
+cache, in a subprocess), and `hwsim estimate` for the whole network after warm-up.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -40,8 +44,12 @@ from qexport.targets import load_target  # noqa: E402
 from qexport.verify import onnxruntime_session  # noqa: E402
 
 BATCH = 64
-ROUNDS = 8  # each round runs every peer in a block of BLOCK runs; a block's first run is not timed
-BLOCK = 6
+ROUNDS = 6  # each round runs every peer in a block of BLOCK runs; a block's first run is not timed
+BLOCK = 5
+MODELS = ("resnet20", "mobilenetv2")
+CONFIGS = ((8, True), (8, False), (4, True), (4, False))  # (bits, power-of-two scales)
+CONTAINER_BITS = (8, 16)  # 4-bit values stored in int8 containers: onnxruntime's fused form
+MODEL_NAMES = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
 
 COMPILE_SNIPPET = """
 import sys, time
@@ -59,11 +67,11 @@ start = time.perf_counter(); engine.run(feeds); print(time.perf_counter() - star
 """
 
 
-def blocked_seconds(actions: dict[str, object]) -> dict[str, float]:
+def blocked_seconds(actions: dict[str, object], rounds: int) -> dict[str, float]:
     """Median seconds per run of each peer. Peers take turns in blocks of runs: the first run of a block
     absorbs the switch (caches, and onnxruntime's threads that keep spinning after its runs)."""
     times: dict[str, list[float]] = {name: [] for name in actions}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, action in actions.items():
             for index in range(BLOCK):
                 start = time.perf_counter()
@@ -90,35 +98,71 @@ def first_run_seconds(cache_dir: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def measure(model: str, bits: int, pow2: bool, rounds: int) -> dict:
+    """One configuration: images/s of every peer, MACs per image, exactness checked."""
+    _, graph, _ = zoo_graph(model, QuantConfig(weight_bits=bits, act_bits=bits, pow2_scales=pow2))
+    x = np.random.default_rng(0).standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
+    feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], x)}
+    sessions = {"onnxruntime": onnxruntime_session(export_onnx(graph), optimize=True)}
+    if bits < 8:
+        sessions["onnxruntime, int8 containers"] = onnxruntime_session(
+            export_onnx(graph, native_bits=CONTAINER_BITS), optimize=True
+        )
+    engine = Engine(graph)
+    outputs, counts = engine.run(feeds)  # compile and warm up
+    expected = run_graph(graph, feeds)[graph.outputs[0]]
+    if not np.array_equal(outputs[graph.outputs[0]], expected):
+        raise SystemExit(f"{model} W{bits}A{bits}: hwsim differs from the IR reference")
+    inputs = {name: session.get_inputs()[0].name for name, session in sessions.items()}
+    actions = {name: (lambda s=session, n=inputs[name]: s.run(None, {n: x})) for name, session in sessions.items()}
+    actions["hwsim"] = lambda: engine.run(feeds)
+    ips = {name: BATCH / seconds for name, seconds in blocked_seconds(actions, rounds).items()}
+    peer = max((name for name in sessions), key=ips.get)
+    return {
+        "model": model,
+        "bits": bits,
+        "pow2": pow2,
+        "ips": ips,
+        "peer": peer,
+        "ratio": ips["hwsim"] / ips[peer],
+        "macs": sum(layer.macs for layer in counts) / BATCH,
+        "saturations": sum(layer.saturations for layer in counts),
+    }
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| model | weights/activations | scales | onnxruntime (default export) | onnxruntime, int8 containers "
+        "| hwsim | ratio (vs faster onnxruntime) | hwsim GMAC/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        ips = row["ips"]
+        containers = ips.get("onnxruntime, int8 containers")
+        scales = "power of two" if row["pow2"] else "free"
+        lines.append(
+            f"| {MODEL_NAMES[row['model']]} | W{row['bits']}A{row['bits']} | {scales} "
+            f"| {ips['onnxruntime']:,.0f} | {f'{containers:,.0f}' if containers else '-'} | {ips['hwsim']:,.0f} "
+            f"| **{row['ratio']:.2f}x** | {row['macs'] * ips['hwsim'] / 1e9:.0f} |"
+        )
+    return lines
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    args = parser.parse_args()
     rows = []
-    for bits in (4, 8):
-        config = QuantConfig(weight_bits=bits, act_bits=bits, pow2_scales=True)
-        _, graph, _ = zoo_graph("resnet20", config)
-        x = np.random.default_rng(0).standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
-        feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], x)}
-        session = onnxruntime_session(export_onnx(graph), optimize=True)
-        feed_name = session.get_inputs()[0].name
-        engines = {
-            "hwsim": Engine(graph),
-            "hwsim, 1 thread": Engine(graph, threads=1),
-            "hwsim, float convolutions": Engine(graph, conv="float"),
-            "hwsim, BLAS GEMMs": Engine(graph, conv="blas"),
-        }
-        for engine in engines.values():
-            engine.run(feeds)  # compile and warm up
-        actions = {"onnxruntime": lambda s=session, n=feed_name, x=x: s.run(None, {n: x})}
-        actions |= {name: (lambda e=engine, f=feeds: e.run(f)) for name, engine in engines.items()}
-        seconds = blocked_seconds(actions)
-        start = time.perf_counter()
-        reference = run_graph(graph, feeds)[graph.outputs[0]]  # one run of the whole batch: it takes seconds
-        reference_ips = BATCH / (time.perf_counter() - start)
-        outputs, _ = engines["hwsim"].run(feeds)
-        if not np.array_equal(outputs[graph.outputs[0]], reference):
-            raise SystemExit(f"W{bits}A{bits}: hwsim differs from the IR reference")
-        ips = {name: BATCH / value for name, value in seconds.items()}
-        rows.append((bits, ips, reference_ips))
-        print(f"W{bits}A{bits}: " + ", ".join(f"{name} {value:,.0f}" for name, value in ips.items()) + " img/s")
+    for model in MODELS:
+        for bits, pow2 in CONFIGS:
+            row = measure(model, bits, pow2, args.rounds)
+            rows.append(row)
+            print(
+                f"{model} W{bits}A{bits} {'pow2' if pow2 else 'free'}: "
+                + ", ".join(f"{name} {value:,.0f}" for name, value in row["ips"].items())
+                + f" img/s, ratio {row['ratio']:.2f}x",
+                flush=True,
+            )
 
     with tempfile.TemporaryDirectory() as cache:
         cold = first_run_seconds(cache)
@@ -132,43 +176,41 @@ def main() -> None:
         estimate(graph, hw)
         times.append(time.perf_counter() - start)
     estimate_ms = statistics.median(times) * 1e3
+    reached = sum(row["ratio"] >= 1.0 for row in rows)
 
     lines = [
-        "## hwsim throughput: ResNet-20, batch 64 (`benchmarks/hwsim_throughput.py`)",
+        "## hwsim throughput: ResNet-20 and MobileNetV2, batch 64 (`benchmarks/hwsim_throughput.py`)",
         "",
-        f"Images per second, median of {ROUNDS} rounds x {BLOCK - 1} timed runs per peer (peers take turns in",
-        "blocks; a block's first run is not timed), power-of-two steps: every path is bit-exact (the script",
-        "checks hwsim's batch against the IR reference), and hwsim fills its per-layer counters (MACs, bytes,",
-        "saturations, overflows) on every run.",
-        "Target (issue 4): hwsim >= 0.5x onnxruntime.",
+        f"Images per second, median of {args.rounds} rounds x {BLOCK - 1} timed runs per peer (peers take turns",
+        "in blocks; a block's first run is not timed), all in one run. hwsim is its default engine (fast mode,",
+        "all cores); its output on the whole batch is checked against the IR reference and it fills its",
+        "per-layer counters (MACs, bytes, saturations, overflows) on every run. onnxruntime has its default",
+        "optimizations. At 4 bits the default export (int4 types) runs dequantized in onnxruntime; the same",
+        "4-bit values in int8 containers (`export_onnx(graph, native_bits=(8, 16))`) are its best form, fused",
+        "into QLinearConv where no clamp to the 4-bit range sits between a convolution and its",
+        "QuantizeLinear. Each ratio is hwsim over the faster of the two.",
+        f"Target (issue 14): all eight ratios >= 1.0x; this run: {reached} of {len(rows)}.",
         "",
-        "| weights/activations | onnxruntime (default optimizations) | hwsim (all cores) | ratio "
-        "| hwsim, 1 thread | ratio | hwsim, float convolutions | ratio | hwsim, BLAS GEMMs | ratio "
-        "| numpy reference (one run) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for bits, ips, reference_ips in rows:
-        ort = ips["onnxruntime"]
-        cells = [f"{ort:,.0f}"]
-        for name in ("hwsim", "hwsim, 1 thread", "hwsim, float convolutions", "hwsim, BLAS GEMMs"):
-            cells += [f"{ips[name]:,.0f}", f"{ips[name] / ort:.2f}x"]
-        lines.append(f"| W{bits}A{bits} | " + " | ".join(cells) + f" | {reference_ips:.1f} |")
-    lines += [
+        *table(rows),
         "",
         f"CPU features: {cpu_flags()}. hwsim's oneDNN int8 path: "
         f"{'available (probe passed)' if int8_conv.available() else 'not available here (BLAS path only)'}.",
+        "GMAC/s counts the convolution and linear MACs of the IR (hwsim's counters) per second. For scale: one",
+        "core's AVX-512 VNNI peak is 64 int8 MACs per vpdpbusd x 1-2 per cycle (~166-333 GMAC/s at 2.6 GHz);",
+        "oneDNN runs these convolutions on AMX tiles (`brg_conv_fwd:avx10_1_512_amx` in ONEDNN_VERBOSE),",
+        "whose peak is higher still; the network rates are far below either because most layers are small",
+        "(16-64 channels) and the requantize steps between them are memory-bound.",
         f"Numba: first run with a cold cache {cold:.1f} s (compilation), with the on-disk cache {warm:.2f} s "
         "(2 images; the kernels are compiled with `cache=True`).",
         f"`hwsim estimate` (analytic, whole ResNet-20, fpga target) after warm-up: {estimate_ms:.2f} ms "
         "(target: under 10 ms).",
         "",
-        "At 8 bits onnxruntime fuses the QDQ graph into QLinearConv (uint8 x int8 dot-product kernels with the",
-        "requantization in the GEMM epilogue); at 4 bits it has no fused kernels and runs dequantized float",
-        "convolutions. hwsim runs every 8-bit-or-narrower convolution on oneDNN's int8 kernels with float32",
-        "accumulators (exact below 2**24, proven per layer) and requantizes in its own exact kernels, which",
-        "also count saturations. 'float convolutions' (`conv=\"float\"`) is the path for other formats and for",
-        "CPUs without exact int8 dot products; 'BLAS GEMMs' (`conv=\"blas\"`) the im2col path of earlier",
-        "versions. See docs/hwsim.md.",
+        "How hwsim gets there (docs/hwsim.md): each worker thread runs the whole graph on its slice of the",
+        "batch, single-threaded, so no layer waits at a barrier; convolutions run on oneDNN's int8 kernels",
+        "with float32 accumulators (exact below 2**24, proven per layer); each requantize, and each residual",
+        "add with its requantize, is fused into the convolution before it and runs channels-last in float",
+        "where the product bound proves float exact (power-of-two scales), else in vectorized int64 (free",
+        "scales: 31-bit multipliers), both the IR's integer rule bit for bit, counting saturations on the way.",
     ]
     body = "\n".join(lines)
     print(body)

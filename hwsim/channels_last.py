@@ -1,5 +1,5 @@
 """Fused channels-last steps of hwsim's fast mode: a torch convolution or a residual add, then the
-requantize that reads it, in float arithmetic that is proven exact.
+requantize that reads it, in float arithmetic that is proven exact, else in int64.
 
 A requantize computes round_half_even(value * multiplier / 2**shift). When every |value| is at most
 ``bound`` and bound * multiplier < 2**24 (2**53), value * (multiplier * 2**-shift) is exact in
@@ -7,20 +7,25 @@ float32 (float64), and np.rint rounds it half to even: the integer rule, bit for
 (``hwsim.kernels.requant.*_rows_float``) then run vectorized on [rows, C] data, which is the layout
 the torch convolutions (``hwsim.int8_conv``, ``hwsim.float_conv``) write. Overflow of the
 accumulator type is only checked where the bound does not already rule it out.
+
+Free (LSQ) scales have 31-bit multipliers and shifts near 40: past float64's bound. Their steps use
+``IntRequant``, the integer rule itself in vectorized int64 (``hwsim.kernels.requant_int``), in the
+same layout with the same counters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from hwsim.exact import FLOAT64_EXACT, float_type
 from hwsim.float_conv import FloatConv
 from hwsim.int8_conv import Int8Conv
-from hwsim.kernels import requant
+from hwsim.kernels import requant, requant_int
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the kernels convert clipped results through int32
+INT64_LIMIT = 2**63
 TILE = 256  # per-channel constants are tiled to a whole number of channel rows of about this length
 
 
@@ -31,6 +36,78 @@ class FloatRequant:
     scale: np.ndarray  # multiplier * 2**-shift, tiled: element i of a flattened [rows, C] block uses scale[i % len]
     bias: np.ndarray  # tiled like scale
     limits: tuple  # (zero point, clip min, clip max, accumulator min, max, low_counts, check_overflow)
+    kind = "float"
+
+    @property
+    def coeffs(self) -> tuple[np.ndarray, ...]:
+        """The kernels' per-channel arguments before ``bias``."""
+        return (self.scale,)
+
+    @property
+    def dtype(self) -> type:
+        return self.scale.dtype.type
+
+
+@dataclass
+class IntRequant:
+    """The same requantization in int64, the IR's integer rule (``hwsim.kernels.requant_int``), for any
+    scale whose products fit int64; tiled like ``FloatRequant``."""
+
+    multiplier: np.ndarray
+    shift: np.ndarray  # 1..62
+    up: np.ndarray  # 2**(shift - 1) - 1
+    bias: np.ndarray
+    limits: tuple  # as FloatRequant's, in int64 (flags: bool)
+    kind = "int"
+
+    @property
+    def coeffs(self) -> tuple[np.ndarray, ...]:
+        return (self.multiplier, self.shift, self.up)
+
+    @property
+    def dtype(self) -> type:
+        return np.int64
+
+
+def exact_requant(*args) -> FloatRequant | IntRequant | None:
+    """``float_requant`` where exact (the faster kernels), else ``int_requant``; same arguments."""
+    return float_requant(*args) or int_requant(*args)
+
+
+def int_requant(
+    multiplier: np.ndarray,
+    shift: np.ndarray,
+    bias: np.ndarray,
+    bound: int,
+    zero_point: int,
+    clips: tuple[int, int],
+    acc_limits: tuple[int, int],
+) -> IntRequant | None:
+    """The int64 form of a requantization of values |v| <= bound, or None when a product or shift does not fit."""
+    multiplier, shift = np.asarray(multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+    if multiplier.size == 0 or shift.min() < 1 or shift.max() > 62:
+        return None
+    largest = bound * int(np.abs(multiplier).max()) + (1 << int(shift.max())) + abs(zero_point) + max(map(abs, clips))
+    if largest >= INT64_LIMIT or not INT32_MIN <= clips[0] <= clips[1] <= INT32_MAX:
+        return None
+    repeats = -(-TILE // multiplier.size)
+    low, high = acc_limits
+    tiled_shift = np.tile(shift, repeats)
+    return IntRequant(
+        np.tile(multiplier, repeats),
+        tiled_shift,
+        (np.int64(1) << (tiled_shift - 1)) - 1,
+        np.tile(np.asarray(bias, dtype=np.int64), repeats),
+        (
+            np.int64(zero_point),
+            np.int64(clips[0]),
+            np.int64(clips[1]),
+            np.int64(max(low, -INT64_LIMIT + 1)),
+            np.int64(min(high, INT64_LIMIT - 1)),
+            clips[0] < zero_point,
+            not (low <= -bound and bound <= high),
+        ),
+    )
 
 
 def float_requant(
@@ -76,21 +153,34 @@ def channels_last_rows(x: np.ndarray) -> np.ndarray | None:
     return rows.reshape(-1) if rows.flags.c_contiguous else None
 
 
+Form = FloatRequant | IntRequant
+
+
 @dataclass
 class ChannelsLastStep:
     """A torch convolution (``conv``: Int8Conv or FloatConv) or an add (``alignment``), fused with its requantize."""
 
-    form: FloatRequant
+    form: Form
     spatial_channels: tuple[int, ...]  # the output's (H, W, C) or (C,)
     out_type: type  # numpy storage type of the requantized output
     conv: Int8Conv | FloatConv | None = None
     alignment: tuple = ()  # add: (lhs zero point, rhs zero point, lhs multiplier, rhs multiplier) in the form's type
+    int_form: IntRequant | None = None  # the int64 form too, when ``form`` is a float one (for ResidualStep)
 
     def out_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, *self.spatial_channels)
 
     def accepts(self, inputs: list[np.ndarray]) -> bool:
         return self.conv is not None or all(channels_last_rows(x) is not None for x in inputs)
+
+    def as_int(self) -> ChannelsLastStep | None:
+        """This step with its int64 form (None when it has none)."""
+        if self.form.kind == "int":
+            return self
+        if self.int_form is None:
+            return None
+        alignment = tuple(np.int64(value) for value in self.alignment)
+        return replace(self, form=self.int_form, alignment=alignment, int_form=None)
 
     def __call__(self, inputs: list[np.ndarray], out: np.ndarray) -> tuple[int, int]:
         """Write the requantized result into ``out`` [N, ..., C]; return (saturations, overflows).
@@ -102,13 +192,15 @@ class ChannelsLastStep:
         form = self.form
         if self.conv is None:
             lhs, rhs = (channels_last_rows(x) for x in inputs)
-            return requant.add_requantize_rows_float(lhs, rhs, *self.alignment, form.scale, *form.limits, flat_out)
+            kernel = requant.add_requantize_rows_float if form.kind == "float" else requant_int.add_requantize_rows_int
+            return kernel(lhs, rhs, *self.alignment, *form.coeffs, *form.limits, flat_out)
         acc = self.conv(inputs[0]).reshape(-1)
-        return requant.requantize_rows_float(acc, form.scale, form.bias, *form.limits, flat_out)
+        kernel = requant.requantize_rows_float if form.kind == "float" else requant_int.requantize_rows_int
+        return kernel(acc, *form.coeffs, form.bias, *form.limits, flat_out)
 
 
-def add_alignment(form: FloatRequant, zero_points: tuple[int, int], multipliers: tuple[int, int]) -> tuple:
-    kind = form.scale.dtype.type
+def add_alignment(form: Form, zero_points: tuple[int, int], multipliers: tuple[int, int]) -> tuple:
+    kind = form.dtype
     return (kind(zero_points[0]), kind(zero_points[1]), kind(multipliers[0]), kind(multipliers[1]))
 
 
@@ -122,7 +214,13 @@ class ResidualStep:
     alignment: tuple  # (own zero point, other's, own multiplier, other's), in the add form's type
 
     @classmethod
-    def of(cls, conv: ChannelsLastStep, add: ChannelsLastStep, other: str, conv_side: int) -> ResidualStep:
+    def of(cls, conv: ChannelsLastStep, add: ChannelsLastStep, other: str, conv_side: int) -> ResidualStep | None:
+        """The fused pass; both requantizes then run in one arithmetic (int64 if either needs it), None if
+        they cannot."""
+        if conv.form.kind != add.form.kind:
+            conv, add = conv.as_int(), add.as_int()
+            if conv is None or add is None:
+                return None
         lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier = add.alignment
         if conv_side == 0:
             return cls(conv, add, other, (lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier))
@@ -132,7 +230,8 @@ class ResidualStep:
         """x: the convolution's input; other_rows: ``channels_last_rows`` of the other operand."""
         first, second = self.conv.form, self.add.form
         acc = self.conv.conv(x).reshape(-1)
-        return requant.residual_rows_float(
-            acc, first.scale, first.bias, *first.limits, other_rows, *self.alignment, second.scale, *second.limits,
-            out.reshape(-1),
+        kernel = requant.residual_rows_float if first.kind == "float" else requant_int.residual_rows_int
+        return kernel(
+            acc, *first.coeffs, first.bias, *first.limits, other_rows, *self.alignment, *second.coeffs,
+            *second.limits, out.reshape(-1),
         )  # fmt: skip

@@ -10,7 +10,9 @@ Two modes, both bit-exact and both tested against the IR reference:
   values), as one float convolution of its stacked terms (``hwsim.float_conv``), or as float32
   (float64) BLAS GEMMs over im2col, each exact below 2**24 (2**53); layers past the bounds use
   the faithful kernels. Requantizes and residual adds are fused into the step before them
-  (``hwsim.channels_last``).
+  (``hwsim.channels_last``: float where proven exact, else int64).
+
+With several workers each runs the whole graph on its slice of the batch (``run``).
 
 The fast paths keep activations channels-last in their narrowest numpy type between layers;
 every other op sees int64 arrays, and ``run`` returns int64 NCHW arrays.
@@ -20,21 +22,25 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from copy import copy
 from dataclasses import dataclass
 from functools import cache
 
+import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from hwsim.channels_last import (
     ChannelsLastStep,
-    FloatRequant,
     ResidualStep,
     add_alignment,
     channels_last_rows,
-    float_requant,
+    exact_requant,
+    int_requant,
 )
 from hwsim.counters import LayerCounts, layer_counts
 from hwsim.exact import float_type
@@ -62,6 +68,17 @@ _POOL: list[ThreadPoolExecutor] = []
 def _blas_controller() -> ThreadpoolController:
     """The BLAS libraries loaded in this process, found once (a fresh search per run costs a millisecond)."""
     return ThreadpoolController()
+
+
+@contextmanager
+def _serial_numba() -> Iterator[None]:
+    """Numba's parallel kernels single-threaded in the calling thread inside the block (restored after)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _gemm_pool() -> ThreadPoolExecutor:
@@ -153,7 +170,7 @@ class Engine:
         self.residuals = self._residual_steps()
         if self.channels_last:
             retain_freed_memory()  # its per-layer buffers would otherwise page-fault in some processes
-        self._buffers: dict[tuple, np.ndarray] = {}
+        self._local = threading.local()  # per thread: work buffers, worker count inside a batch slice
         self._counts: dict[int, list[LayerCounts]] = {}
         self._workers = max(1, min(threads or CPU_COUNT, CPU_COUNT))
 
@@ -179,13 +196,15 @@ class Engine:
                 form = self._float_requant(node, consumers[0], plan) if channels_last else None
                 shape = self.graph.tensors[node.outputs[0]].shape
                 layout = ((*shape[2:], shape[1]), storage_type(self.graph.tensors[consumers[0].outputs[0]].dtype))
+                int_form = self._float_requant(node, consumers[0], plan, int_requant) if form is not None else None
                 if form is not None and node.op is Op.ADD:
                     zero_points = (self._zero_point(node.inputs[0]), self._zero_point(node.inputs[1]))
                     multipliers = (node.attrs["lhs_multiplier"], node.attrs["rhs_multiplier"])
                     alignment = add_alignment(form, zero_points, multipliers)
-                    self.channels_last[node.name] = ChannelsLastStep(form, *layout, alignment=alignment)
+                    step = ChannelsLastStep(form, *layout, alignment=alignment, int_form=int_form)
+                    self.channels_last[node.name] = step
                 elif form is not None and plan.conv is not None:
-                    self.channels_last[node.name] = ChannelsLastStep(form, *layout, conv=plan.conv)
+                    self.channels_last[node.name] = ChannelsLastStep(form, *layout, conv=plan.conv, int_form=int_form)
                 elif plan is not None and plan.conv is not None:
                     continue  # its accumulators then take the unfused integer path
                 fused[node.name] = consumers[0]
@@ -214,14 +233,16 @@ class Engine:
             if other in producer and order[producer[other]] > order[name]:
                 continue  # not computed yet when the convolution runs
             step = ResidualStep.of(conv_step, add_step, other, side)
-            steps[name] = (step, requant_node, add, self.fused[add.name])
+            if step is not None:
+                steps[name] = (step, requant_node, add, self.fused[add.name])
         return steps
 
-    def _float_requant(self, node: Node, requant_node: Node, plan: WeightedPlan | None) -> FloatRequant | None:
+    def _float_requant(self, node: Node, requant_node: Node, plan: WeightedPlan | None, make=exact_requant):
+        """The exact channels-last form (``make``: float where exact, else int64; or only one) or None."""
         channels = self.graph.tensors[node.outputs[0]].shape[1]
         out_info = self.graph.tensors[requant_node.outputs[0]]
         acc_type = self.graph.tensors[node.outputs[0]].dtype
-        return float_requant(
+        return make(
             *self._requant_vectors(requant_node, channels),
             plan.bias if plan else np.zeros(channels, dtype=np.int64),
             plan.acc_bound if plan else self._add_bound(node),
@@ -301,7 +322,7 @@ class Engine:
 
     def _map_batch(self, work, batch: int) -> list:
         """Run ``work(slice)`` on contiguous slices of the batch, one per worker thread (kernels release the GIL)."""
-        count = min(self._workers, batch)
+        count = min(getattr(self._local, "workers", self._workers), batch)
         parts = [slice(batch * i // count, batch * (i + 1) // count) for i in range(count)]
         others = [_gemm_pool().submit(work, part) for part in parts[1:]]
         first = work(parts[0])  # the calling thread takes a share too
@@ -353,10 +374,11 @@ class Engine:
     def _buffer(self, layer: str, role: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
         """A work array reused across runs of the same shape (padding borders stay zero)."""
         key = (layer, role, np.dtype(dtype).str)
-        array = self._buffers.get(key)
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        array = buffers.get(key)
         if array is None or array.shape != shape:
             array = np.zeros(shape, dtype=dtype) if zero else np.empty(shape, dtype=dtype)
-            self._buffers[key] = array
+            buffers[key] = array
         return array
 
     # --- weighted layers -------------------------------------------------------------
@@ -565,7 +587,12 @@ class Engine:
         return np.concatenate(values, axis=node.attrs["axis"])
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[LayerCounts]]:
-        """Execute on integer inputs; return (outputs, per-layer counters for this batch)."""
+        """Execute on integer inputs; return (outputs, per-layer counters for this batch).
+
+        With several workers the batch is cut into one slice per worker and each worker runs the whole
+        graph on its slice, single-threaded (oneDNN included): no barrier per layer, and the fused
+        requantize kernels run on every core. Every op is per sample, so the slices are independent.
+        """
         set_threads(self.threads)
         batch = len(next(iter(feeds.values())))
         counts = [copy(layer) for layer in self._static_counts(batch)]
@@ -577,27 +604,63 @@ class Engine:
                     f"hwsim: input {name!r} has shape {feed.shape}, expected {self.graph.tensors[name].shape}"
                 )
             values[name] = feed
+        count = min(self._workers, batch)
+        parts = [slice(batch * i // count, batch * (i + 1) // count) for i in range(count)]
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            if count == 1:
+                uses_torch = any(plan.conv is not None for plan in self.plans.values())
+                with torch_threads(self._workers if uses_torch else None):
+                    results = [self._run_nodes(values, counts)]
+            else:
+                with torch_threads(1), _serial_numba():
+                    others = [_gemm_pool().submit(self._run_part, values, part) for part in parts[1:]]
+                    results = [self._run_part(values, parts[0])]  # the calling thread takes a share too
+                    results += [future.result() for future in others]
+                for layer, *shares in zip(counts, *(part_counts for _, part_counts in results), strict=True):
+                    layer.overflow_events = sum(share.overflow_events for share in shares)
+                    layer.saturations = sum(share.saturations for share in shares)
+        outputs = {
+            name: np.ascontiguousarray(np.concatenate([out[name] for out, _ in results]), dtype=np.int64)
+            if count > 1
+            else np.array(results[0][0][name], dtype=np.int64, order="C")
+            for name in self.graph.outputs
+        }
+        return outputs, counts
+
+    def _run_part(self, values: dict[str, np.ndarray], part: slice) -> tuple[dict[str, np.ndarray], list[LayerCounts]]:
+        """One worker's slice of the batch, run single-threaded in this thread (work buffers are per thread)."""
+        import torch
+
+        torch.set_num_threads(1)  # this thread's OpenMP team size (oneDNN's), not only the global setting
+        set_threads(1)
+        self._local.workers = 1  # no nested batch splitting inside a slice
+        counts = [copy(layer) for layer in self._static_counts(part.stop - part.start)]
+        try:
+            return self._run_nodes({name: value[part] for name, value in values.items()}, counts)
+        finally:
+            del self._local.workers
+
+    def _run_nodes(self, values: dict[str, np.ndarray], counts: list[LayerCounts]):
+        """The graph's nodes in order on ``values`` (the inputs); fills the data-dependent counters."""
         by_name = {layer.name: layer for layer in counts}
         skip: set[str] = set()
-        uses_torch = any(plan.conv is not None for plan in self.plans.values())
-        with _blas_controller().limit(limits=1, user_api="blas"), torch_threads(self._workers if uses_torch else None):
-            for node, layer in zip(self.graph.nodes, counts, strict=True):
-                if node.name in skip:
-                    continue
-                inputs = [values[name] for name in node.inputs]
-                if node.name in self.residuals and self._residual(node.name, inputs[0], values, by_name, skip):
-                    continue
-                if node.name in self.fused:
-                    requant_node = self.fused[node.name]
-                    pair = [layer, by_name[requant_node.name]]
-                    values[requant_node.outputs[0]] = self._fused_requant(node, requant_node, inputs, pair)
-                    skip.add(requant_node.name)
-                    continue
-                result = self._run_node(node, inputs, layer)
-                info = self.graph.tensors[node.outputs[0]]
-                layer.overflow_events = int(np.count_nonzero((result < info.dtype.min) | (result > info.dtype.max)))
-                values[node.outputs[0]] = result
-        return {name: np.array(values[name], dtype=np.int64, order="C") for name in self.graph.outputs}, counts
+        for node, layer in zip(self.graph.nodes, counts, strict=True):
+            if node.name in skip:
+                continue
+            inputs = [values[name] for name in node.inputs]
+            if node.name in self.residuals and self._residual(node.name, inputs[0], values, by_name, skip):
+                continue
+            if node.name in self.fused:
+                requant_node = self.fused[node.name]
+                pair = [layer, by_name[requant_node.name]]
+                values[requant_node.outputs[0]] = self._fused_requant(node, requant_node, inputs, pair)
+                skip.add(requant_node.name)
+                continue
+            result = self._run_node(node, inputs, layer)
+            info = self.graph.tensors[node.outputs[0]]
+            layer.overflow_events = int(np.count_nonzero((result < info.dtype.min) | (result > info.dtype.max)))
+            values[node.outputs[0]] = result
+        return {name: values[name] for name in self.graph.outputs}, counts
 
 
 def quantize(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:

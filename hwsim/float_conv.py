@@ -16,9 +16,10 @@ per process, and once per layer geometry at plan time (cached).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
@@ -41,7 +42,7 @@ class FloatConv:
     stride: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
-    _stacked: np.ndarray | None = None  # the padded, stacked input, reused while the batch shape stays
+    _work: threading.local = field(default_factory=threading.local)  # per thread: the padded, stacked input
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x: logical [N, C, H, W] stored integers (any layout) -> accumulators [N, OH, OW, O] (NHWC)."""
@@ -50,9 +51,9 @@ class FloatConv:
         batch, channels, height, width = x.shape
         top, left, bottom, right = self.padding
         shape = (batch, height + top + bottom, width + left + right, self.tables.shape[0] * channels)
-        stacked = self._stacked
+        stacked = getattr(self._work, "stacked", None)
         if stacked is None or stacked.shape != shape:  # borders stay zero: table(0) = 0 in every term (planned so)
-            stacked = self._stacked = np.zeros(shape, dtype=self.tables.dtype)
+            stacked = self._work.stacked = np.zeros(shape, dtype=self.tables.dtype)
         layout.stack_terms(
             np.ascontiguousarray(x.transpose(0, 2, 3, 1)), self.tables, self.x_offset, top, left, stacked
         )
