@@ -366,6 +366,25 @@ def test_chain_graphs_aarch64(graph, data, tmp_path_factory):
     assert_same(got, want)
 
 
+@needs_aarch64
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_conv_layer_every_format_aarch64(fmt, data, tmp_path_factory):
+    """The conv hypothesis layers (padding, stride, groups, dilation) cross-built -O3 and run under qemu."""
+    graph, _, batch = data.draw(conv_layers(fmt))
+    try:
+        check_graph(graph)
+    except GraphError:
+        assume(False)
+    feeds = {"x": random_feed(data.draw, graph.tensors["x"], batch)}
+    exe = build(export(graph, tmp_path_factory.mktemp("a64conv")), cc="aarch64-linux-gnu-gcc", flags=["-O3"],
+                extra=["-static"])  # fmt: skip
+    code, got, stderr = run_model(exe, graph, feeds, runner=["qemu-aarch64"])
+    assert code == 0, stderr
+    assert_same(got, run_graph(graph, feeds))
+
+
 def m4_size(c_dir: Path) -> dict[str, int]:
     """text / data / bss of the Cortex-M4 library image (`make cortex-m4`)."""
     output = make(c_dir, "cortex-m4").stdout

@@ -165,6 +165,27 @@ static const int8_t *qx_dot_weights(const qx_weight_t *w, const qx_dot_t *d, con
     if (d->direct) {
         return d->direct;
     }
+    if (w->format == QX_INT_AFFINE && w->bits <= 8) { /* a running bit buffer: one byte read per refill */
+        const uint32_t bits = w->bits, mask = (1u << bits) - 1u, sign = w->is_signed ? 1u << (bits - 1u) : 0u;
+        for (row = 0; row < w->rows; ++row) {
+            const uint8_t *bytes = w->packed + row * w->row_bytes;
+            int8_t *dst = s->wbuf + row * w->row_len;
+            const int32_t zero_point = w->zero_point[row];
+            uint32_t buffer = 0, have = 0;
+            for (i = 0; i < w->row_len; ++i) {
+                uint32_t v;
+                if (have < bits) {
+                    buffer |= (uint32_t)*bytes++ << have;
+                    have += 8u;
+                }
+                v = buffer & mask;
+                buffer >>= bits;
+                have -= bits;
+                dst[i] = (int8_t)((int32_t)(v ^ sign) - (int32_t)sign - zero_point);
+            }
+        }
+        return s->wbuf;
+    }
     for (row = 0; row < w->rows; ++row) {
         int8_t *dst = s->wbuf + row * w->row_len;
         qx_unpack_row(w, row, s->codes);
