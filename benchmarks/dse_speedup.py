@@ -77,6 +77,10 @@ def timed_sweep(space, trials: list[TrialConfig], workers: int) -> dict:
     return {"startup": startup, "warm": warm, "seconds": seconds, "cpu": cpu, "rows": rows}
 
 
+def mean(values: list[dict]) -> float:
+    return sum(run["seconds"] for run in values) / len(values)
+
+
 def write_doc(body: str) -> None:
     text = DOC.read_text() if DOC.exists() else "# Design-space exploration\n"
     section = f"<!-- dse_speedup:start -->\n{body.rstrip()}\n<!-- dse_speedup:end -->"
@@ -98,6 +102,7 @@ def main() -> None:
     points = len(trials) * len(space.hardware)
     order = [w for r in range(args.repeats) for w in ((1, 2) if r % 2 == 0 else (2, 1))]
     runs: dict[int, list[dict]] = {1: [], 2: []}
+    history: list[tuple[int, dict]] = []
     reference = None
     load_before = os.getloadavg()
     for workers in order:
@@ -116,6 +121,7 @@ def main() -> None:
                 f"for {key}; non-deterministic trials, or the code changed between runs"
             )
         runs[workers].append(run)
+        history.append((workers, run))
     best = {workers: min(values, key=lambda run: run["seconds"]) for workers, values in runs.items()}
     source = f"--trials-from {args.trials_from.name}" if args.trials_from else f"--trials {len(trials)}"
     lines = [
@@ -126,15 +132,20 @@ def main() -> None:
         "kernels); worker CPU is the workers' user + system time during the sweep, and CPU / wall is how many "
         "cores the sweep actually got.",
         "",
-        "| workers | start-up (s) | warm-up (s) | sweep wall (s), best run | worker CPU (s) | CPU / wall | speed-up |",
+        "| run | workers | start-up (s) | warm-up (s) | sweep wall (s) | worker CPU (s) | CPU / wall |",
         "|---|---|---|---|---|---|---|",
     ]
-    for workers in (1, 2):
-        run = best[workers]
+    for index, (workers, run) in enumerate(history, 1):
         lines.append(
-            f"| {workers} | {run['startup']:.1f} | {run['warm']:.1f} | {run['seconds']:.1f} | {run['cpu']:.1f} | "
-            f"{run['cpu'] / run['seconds']:.2f} | {best[1]['seconds'] / run['seconds']:.2f}x |"
+            f"| {index} | {workers} | {run['startup']:.1f} | {run['warm']:.1f} | {run['seconds']:.1f} | "
+            f"{run['cpu']:.1f} | {run['cpu'] / run['seconds']:.2f} |"
         )
+    lines += [
+        "",
+        f"**Speed-up of 2 workers over 1: {best[1]['seconds'] / best[2]['seconds']:.2f}x** (best sweep wall of each: "
+        f"{best[1]['seconds']:.1f} s vs {best[2]['seconds']:.1f} s); ratio of the mean sweep walls "
+        f"{mean(runs[1]) / mean(runs[2]):.2f}x.",
+    ]
     lines += [
         "",
         "Trials: " + ", ".join(f"`{t.label}`" for t in trials) + ".",
