@@ -75,3 +75,25 @@ def test_unsupported_patterns_exit_2_with_one_line(tmp_path: Path, tail: str, mo
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "bad.onnx" in lines[0], result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cleanup", [False, True])
+def test_qexport_verify_on_a_brevitas_export(tmp_path: Path, cleanup: bool):
+    """A real export_qonnx file (raw and cleaned): --verify is exact against the qonnx executor on it."""
+    pytest.importorskip("brevitas", reason="Brevitas writes the QONNX file")
+    import torch
+    from qonnx_support import cleaned, export_brevitas
+    from test_qonnx_import import ConvNet
+
+    torch.manual_seed(7)
+    module = ConvNet(True, 4, 4, True, "avg")
+    model = export_brevitas(module, torch.randn(1, *module.in_shape))
+    source = _save(cleaned(model) if cleanup else model, tmp_path / "brevitas.onnx")
+    result = invoke(app, source, "-o", tmp_path / "out", "--verify", "--samples", "24")
+    assert result.exit_code == 0, result.output
+    verification = json.loads((tmp_path / "out" / "report.json").read_text())["verification"]
+    assert verification["exact_expected"] and verification["ok"]
+    assert {path["path"]: path["max_error_lsb"] for path in verification["paths"]} == {
+        "hwsim": 0,
+        "qonnx executor (original file)": 0,
+    }
