@@ -104,3 +104,60 @@ def test_cli_refuses_a_format_qonnx_cannot_express(tmp_path: Path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "layer 'conv2': weight format 'post'" in lines[0] and "Traceback" not in result.output
     assert not out.exists()
+
+
+def _pool_as_conv_graph(lhs_multiplier: int = 1):
+    """An average pool as the ONNX importers write it: an all-ones depthwise conv (window sum on the input grid)
+    and a requantize by 1/4 to the input scale, so the multiplier is not the scale ratio; then an add."""
+    from qexport.ir.checker import check_graph
+    from qexport.ir.dtypes import INT32, IntType
+    from qexport.ir.graph import Graph, Node, QuantInfo, TensorInfo, Weight
+    from qexport.ir.ops import Op
+
+    u8 = IntType(False, 8)
+    graph = Graph("pool_as_conv", ["x"], ["y"], {}, [], {}, {})
+    graph.tensors["x"] = TensorInfo("x", u8, (-1, 3, 4, 4), QuantInfo(0.0370371, 0))
+    graph.weights["ones"] = Weight(
+        "ones",
+        "int_affine",
+        (3, 1, 2, 2),
+        {"values": np.ones((3, 1, 2, 2), np.int64)},
+        {"dtype": "UINT1", "scale": 1.0},
+    )
+    graph.tensors["sum"] = TensorInfo("sum", INT32, (-1, 3, 2, 2), QuantInfo(0.0370371, 0))
+    graph.nodes.append(
+        Node(
+            Op.CONV2D,
+            "pool",
+            ["x"],
+            ["sum"],
+            dict(weight="ones", bias=None, stride=[2, 2], padding=[0] * 4, dilation=[1, 1], groups=3),
+        )
+    )
+    graph.tensors["avg"] = TensorInfo("avg", u8, (-1, 3, 2, 2), QuantInfo(0.0370371, 0))
+    graph.nodes.append(
+        Node(Op.REQUANTIZE, "pool_requant", ["sum"], ["avg"], dict(multiplier=[1], shift=[2], clip_min=0, clip_max=255))
+    )
+    graph.tensors["both"] = TensorInfo("both", INT32, (-1, 3, 2, 2), QuantInfo(0.0370371, 0))
+    graph.nodes.append(
+        Node(Op.ADD, "add", ["avg", "avg"], ["both"], dict(lhs_multiplier=lhs_multiplier, rhs_multiplier=1))
+    )
+    graph.tensors["y"] = TensorInfo("y", u8, (-1, 3, 2, 2), QuantInfo(0.0740742, 0))
+    graph.nodes.append(
+        Node(Op.REQUANTIZE, "y_requant", ["both"], ["y"], dict(multiplier=[1], shift=[1], clip_min=0, clip_max=255))
+    )
+    return check_graph(graph)
+
+
+def test_shift_that_is_not_the_scale_ratio_is_exact_through_trunc():
+    """Free scale: the float window sum is off the integer by float32 error; Trunc rounds it back first."""
+    graph = _pool_as_conv_graph()
+    model = export_qonnx(graph, batch=64)
+    assert {"Trunc", "Mul"} <= {node.op_type for node in model.graph.node}
+    x = np.random.default_rng(3).integers(0, 256, (64, 3, 4, 4)) * np.float32(0.0370371)
+    np.testing.assert_array_equal(output_integers(graph, qonnx_execute(model, x)), reference_integers(graph, x))
+
+
+def test_add_whose_multipliers_do_not_align_its_operands_is_refused():
+    with pytest.raises(QExportError, match=r"layer 'add': add multipliers 3, 1 do not align its operand scales"):
+        export_qonnx(_pool_as_conv_graph(lhs_multiplier=3))

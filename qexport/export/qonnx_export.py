@@ -29,7 +29,6 @@ from onnx import TensorProto, helper, numpy_helper
 from qexport.errors import QExportError
 from qexport.export.onnx_qdq import weight_integers
 from qexport.formats import get_format
-from qexport.frontend.requant import multiplier_and_shift
 from qexport.ir.dtypes import IntType
 from qexport.ir.graph import Graph, Node, Weight
 from qexport.ir.ops import Op
@@ -39,6 +38,7 @@ QONNX_OPSET = 2  # Trunc v2 (output scale and bit width inputs), as Brevitas wri
 ONNX_OPSET = 13  # what FINN and hls4ml read
 EXACT_FORMATS = frozenset({"int_affine", "pot", "apot", "codebook"})
 QONNX_FILE = "model.qonnx.onnx"
+ADD_TOLERANCE = 2.0**-12  # relative misalignment of add operands (16-bit alignment rounds at 2**-17)
 
 
 class QonnxExportError(QExportError):
@@ -175,25 +175,71 @@ def _real_scale(graph: Graph, node: Node, acc: str) -> np.ndarray:
         weight = graph.weights[producer.attrs["weight"]]
         return float(graph.tensors[producer.inputs[0]].quant.scale) * get_format(weight.format).grid_scale(weight)
     channels = graph.tensors[acc].shape[1]
+    if producer is not None and producer.op is Op.ADD:  # the float Add sums real values: units from the operands
+        units = [
+            float(graph.tensors[name].quant.scale) / producer.attrs[key]
+            for name, key in zip(producer.inputs, ("lhs_multiplier", "rhs_multiplier"), strict=True)
+            if producer.attrs[key]
+        ]
+        if max(units) > min(units) * (1 + ADD_TOLERANCE):
+            raise QonnxExportError(
+                f"layer {producer.name!r}: add multipliers {producer.attrs['lhs_multiplier']}, "
+                f"{producer.attrs['rhs_multiplier']} do not align its operand scales (a float Add would not match)"
+            )
+        return np.full(channels, units[0])
     return np.broadcast_to(np.asarray(graph.tensors[acc].quant.scale, np.float64), (channels,))
 
 
-def _check_requantize(graph: Graph, node: Node) -> None:
-    """QONNX's Quant divides by the output scale: refuse a requantize whose multiplier/shift do not follow from
-    the scales (a hand-built graph), since the export would silently compute something else."""
-    if node.attrs.get("float_scale") is not None:
-        return
-    real = _real_scale(graph, node, node.inputs[0])
+def _rescaled(b: _Builder, node: Node) -> str:
+    """The float accumulator a requantize's Quant divides by the output scale.
+
+    ``Quant`` computes ``acc_real / s_out``; the IR computes ``acc * multiplier * 2**-shift`` (or ``float_scale``).
+    Where the two ratios differ (imports that fold a pool's 1/count or another factor into the multiplier), a
+    ``Mul`` by the per-channel factor comes first: exact when it is a power of two, else one float32 rounding.
+    """
+    graph = b.graph
+    acc = node.inputs[0]
+    real = _real_scale(graph, node, acc)
     step = float(graph.tensors[node.outputs[0]].quant.scale)
-    pairs = [multiplier_and_shift(float(r) / step) for r in real]
-    multipliers, shifts = node.attrs["multiplier"], node.attrs["shift"]
-    for channel, pair in enumerate(pairs):
-        given = (multipliers[channel % len(multipliers)], shifts[channel % len(shifts)])
-        if pair != given:
-            raise QonnxExportError(
-                f"layer {node.name!r}: multiplier/shift {given} (channel {channel}) do not follow from the tensor "
-                f"scales (expected {pair}); QONNX's Quant is defined by scales"
-            )
+    if node.attrs.get("float_scale") is not None:
+        ratio = np.asarray(node.attrs["float_scale"], np.float64)
+    else:
+        ratio = np.asarray(node.attrs["multiplier"], np.float64) * np.exp2(-np.asarray(node.attrs["shift"], np.float64))
+    factor = np.broadcast_to(ratio * step / real, real.shape).astype(np.float32)
+    if np.all(factor == 1):
+        return acc
+    shifts, multipliers = set(node.attrs["shift"]), set(node.attrs["multiplier"])
+    pure_shift = node.attrs.get("float_scale") is None and multipliers == {1} and len(shifts) == 1
+    if pure_shift and min(shifts) > 0 and np.unique(real).size == 1:
+        return _truncated(b, node, acc, float(real[0]), shifts.pop())
+    rank = len(graph.tensors[acc].shape)
+    value = factor[:1].reshape(()) if np.all(factor == factor[0]) else factor.reshape((1, -1) + (1,) * (rank - 2))
+    return b.add("Mul", [acc, b.constant(f"{node.outputs[0]}__factor", value)], f"{acc}__rescaled", f"{node.name}__mul")
+
+
+def _truncated(b: _Builder, node: Node, acc: str, real: float, shift: int) -> str:
+    """A pure-shift requantize whose shift is not the scale ratio (an imported pool's window sum / count):
+    ``Trunc`` rounds the float sum back to the exact integer first, then divides by 2**shift rounding half to
+    even, so float32 error in the sum cannot move a tie; a power-of-two ``Mul`` then moves the result (centred,
+    on the ``real * 2**shift`` grid) onto the output grid, where the following ``Quant`` is exact."""
+    info = b.graph.tensors[node.outputs[0]]
+    centred = IntType(True, info.dtype.bits + 1)
+    grid = real * 2.0**shift
+    inputs = [
+        acc,
+        b.constant(f"{acc}__trunc_scale", real),
+        b.constant(f"{acc}__trunc_zp", 0.0),
+        b.constant(f"{acc}__trunc_in_bits", float(b.graph.tensors[acc].dtype.bits)),
+        b.constant(f"{acc}__trunc_out_scale", grid),
+        b.constant(f"{acc}__trunc_out_bits", float(centred.bits)),
+    ]
+    out = b.add(
+        "Trunc", inputs, f"{acc}__trunc", f"{node.name}__trunc", QONNX_DOMAIN, signed=1, narrow=0, rounding_mode="ROUND"
+    )
+    factor = np.float32(float(info.quant.scale) / float(np.float32(grid)))
+    if factor == 1:
+        return out
+    return b.add("Mul", [out, b.constant(f"{acc}__trunc_factor", factor)], f"{acc}__rescaled", f"{node.name}__mul")
 
 
 def _lower(b: _Builder, node: Node) -> None:
@@ -220,8 +266,7 @@ def _lower(b: _Builder, node: Node) -> None:
     elif node.op is Op.REQUANTIZE:
         if len(node.inputs) > 1:
             raise QonnxExportError(f"layer {node.name!r}: dynamic (per-sample) requantization has no QONNX form")
-        _check_requantize(b.graph, node)
-        b.activation(node.inputs[0], out, (node.attrs["clip_min"], node.attrs["clip_max"]))
+        b.activation(_rescaled(b, node), out, (node.attrs["clip_min"], node.attrs["clip_max"]))
     elif node.op is Op.RELU:
         b.add("Relu", node.inputs, out, node.name)
     elif node.op is Op.CLIP:
