@@ -151,7 +151,7 @@ def test_tampered_array_checksum_names_the_weight(data):
 
 SCHEMA_BREAKERS = {
     "bad_format": lambda s, d: s.update(format="onnx"),
-    "bad_version": lambda s, d: s.update(version="2.0"),
+    "bad_version": lambda s, d: s.update(version="3.0"),
     "missing_layers": lambda s, d: s.pop("layers"),
     "unknown_op": lambda s, d: s["layers"][d.draw(st.integers(0, len(s["layers"]) - 1))].update(op="softmax"),
     "bad_dtype": lambda s, d: s["tensors"][d.draw(st.sampled_from(sorted(s["tensors"])))].update(dtype="INT33"),
