@@ -8,6 +8,7 @@ qexport-dse space.toml --scheduler tcp://10.0.0.5:8786  # an existing Dask clust
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -73,7 +74,16 @@ def main(
         highlight=False,
     )
     started = time.perf_counter()
-    with ResultStore(db) as store, dask_client(workers, scheduler) as client:
+    created = not db.exists()
+    with ExitStack() as stack:
+        store = stack.enter_context(ResultStore(db))
+        try:
+            client = stack.enter_context(dask_client(workers, scheduler))
+        except QExportError:
+            store.close()
+            if created:  # no cluster, no rows: leave no results file behind
+                db.unlink(missing_ok=True)
+            raise
         columns = (
             TextColumn("trials"),
             BarColumn(),

@@ -23,6 +23,7 @@ MAX_ONNX_BYTES = 1 << 30  # the protobuf limit is 2 GiB; quantized models this t
 OPSET_RANGE = (10, 23)  # QuantizeLinear/DequantizeLinear exist from opset 10; onnxruntime 1.32 runs up to 23
 ONNX_MAGIC_SUFFIXES = (".onnx",)
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
+MAX_INPUT_ELEMENTS = 1 << 24  # per sample; the models this tool targets are far smaller
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,23 @@ def read_model(path: Path) -> onnx.ModelProto:
     inputs = [value for value in model.graph.input if value.name not in initializers]
     if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise QExportError(f"{path}: expected exactly one float32 graph input, found {len(inputs)}")
+    check_input_shape(path, inputs[0])
     return model
+
+
+def check_input_shape(path: Path, value: onnx.ValueInfoProto) -> None:
+    """Every fixed dimension positive; one sample (all but the batch dimension) within MAX_INPUT_ELEMENTS."""
+    dims = value.type.tensor_type.shape.dim
+    elements = 1
+    for index, dim in enumerate(dims):
+        if dim.HasField("dim_value") and dim.dim_value <= 0:
+            raise QExportError(f"{path}: input {value.name!r} dimension {index} is {dim.dim_value}, expected >= 1")
+        if index and dim.HasField("dim_value"):
+            elements *= dim.dim_value
+    if elements > MAX_INPUT_ELEMENTS:
+        raise QExportError(
+            f"{path}: input {value.name!r} holds {elements} elements per sample (limit {MAX_INPUT_ELEMENTS})"
+        )
 
 
 def detect_format(model: onnx.ModelProto) -> str | None:
