@@ -62,6 +62,12 @@ def longer_per_channel(model: onnx.ModelProto) -> None:
     scale.CopyFrom(numpy_helper.from_array(np.concatenate([array, array[:1]]), scale.name))
 
 
+def int32_zero_points(model: onnx.ModelProto) -> None:
+    for zero in model.graph.initializer:
+        if "zero_point" in zero.name and zero.data_type in (TensorProto.INT8, TensorProto.UINT8):
+            zero.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zero).astype(np.int32), zero.name))
+
+
 def opset(version: int):
     def change(model: onnx.ModelProto) -> None:
         for entry in model.opset_import:
@@ -155,6 +161,8 @@ def build_cases(ws: Path, models: dict[str, Path]) -> dict[str, Case]:
     qx("onnx NaN scale", "x_DequantizeLinear", mutated(ws, qdq, "scale_nan", set_first_scale(float("nan"))))
     qx("onnx Inf scale", "must be positive and finite", mutated(ws, qdq, "scale_inf", set_first_scale(float("inf"))))
     qx("onnx negative scale", "bias scale", mutated(ws, qdq, "scale_neg", set_first_scale(-0.5)))
+    qx("onnx int32 activations QDQ", "32-bit", mutated(ws, qdq, "int32_qdq", int32_zero_points))
+    qx("onnx int32 activations QOperator", "32-bit", mutated(ws, models["qop"], "int32_qop", int32_zero_points))
     qx("onnx per-channel length", "/c1/Conv", mutated(ws, qdq, "per_channel", longer_per_channel))
 
     # --- --calibrate and --inputs
@@ -246,7 +254,11 @@ def build_cases(ws: Path, models: dict[str, Path]) -> dict[str, Case]:
 
 
 def build_models(where: Path) -> dict[str, Path]:
-    return {"qdq": ort_model(where, "QDQ", "s8", True, net="plain"), "float": float_onnx(where / "f.onnx", net="plain")}
+    return {
+        "qdq": ort_model(where, "QDQ", "s8", True, net="plain"),
+        "qop": ort_model(where, "QOperator", "u8", True, net="plain"),
+        "float": float_onnx(where / "f.onnx", net="plain"),
+    }
 
 
 @pytest.fixture(scope="module")

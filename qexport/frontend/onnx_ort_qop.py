@@ -97,6 +97,8 @@ class QopLowerer:
         scale = float(scalar(self.const(node, scale_index), node, "output scale"))
         zero_array = self.const(node, scale_index + 1) if scale_index + 1 < len(node.input) else np.uint8(0)
         kind = int_type_of(zero_array, node)
+        if kind.bits > 16:
+            raise unsupported(node, f"outputs {kind.bits}-bit integers (activations of at most 16 bits)")
         return scale, kind, QuantInfo(scale, int(scalar(zero_array, node, "output zero point")))
 
     def run(self, max_acc_bits: int) -> Graph:

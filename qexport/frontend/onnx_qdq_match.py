@@ -59,6 +59,8 @@ def quantize_params(node: onnx.NodeProto, values: dict, inputs: list[str]) -> tu
         output_dtype = attributes(node).get("output_dtype", onnx.TensorProto.UINT8)
         kind = int_type_of(np.zeros(0, dtype=onnx.helper.tensor_dtype_to_np_dtype(output_dtype)), node)
         zero = np.zeros(scale.shape, dtype=np.int64)
+    if node.op_type == "QuantizeLinear" and kind.bits > 16:
+        raise unsupported(node, f"quantizes to {kind.bits}-bit integers (activations of at most 16 bits)")
     return scale, zero.astype(np.int64), kind
 
 
