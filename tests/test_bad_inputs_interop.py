@@ -158,9 +158,10 @@ def build_cases(ws: Path, models: dict[str, Path]) -> dict[str, Case]:
     qx("onnx huge input", "elements per sample", mutated(ws, qdq, "huge_input", huge_input))
     qx("onnx opset too new", "opset 99 outside", mutated(ws, qdq, "opset99", opset(99)))
     qx("onnx opset too old", "onnx.checker rejects", mutated(ws, qdq, "opset5", opset(5)))
-    qx("onnx NaN scale", "x_DequantizeLinear", mutated(ws, qdq, "scale_nan", set_first_scale(float("nan"))))
+    qx("onnx NaN scale", "positive and finite", mutated(ws, qdq, "scale_nan", set_first_scale(float("nan"))))
     qx("onnx Inf scale", "must be positive and finite", mutated(ws, qdq, "scale_inf", set_first_scale(float("inf"))))
-    qx("onnx negative scale", "bias scale", mutated(ws, qdq, "scale_neg", set_first_scale(-0.5)))
+    qx("onnx negative scale", "positive and finite", mutated(ws, qdq, "scale_neg", set_first_scale(-0.5)))
+    qx("onnx zero scale", "positive and finite", mutated(ws, qdq, "scale_zero", set_first_scale(0.0)))
     qx("onnx int32 activations QDQ", "32-bit", mutated(ws, qdq, "int32_qdq", int32_zero_points))
     qx("onnx int32 activations QOperator", "32-bit", mutated(ws, models["qop"], "int32_qop", int32_zero_points))
     qx("onnx per-channel length", "/c1/Conv", mutated(ws, qdq, "per_channel", longer_per_channel))
@@ -308,6 +309,7 @@ SCRIPT_CASES = {
     "qexport-dse bad scheduler": (["qexport-dse", "{space}", "--scheduler", "tcp://", "-o", "{ws}/d"], "port"),
     "qexport-dse missing space": (["qexport-dse", "{ws}/nope.toml"], "no such space file"),
     "qexport bad ONNX": (["qexport", "{ws}/text.onnx", "-o", "{ws}/o"], "not an ONNX model"),
+    "qexport zero scale": (["qexport", "{ws}/scale_zero.onnx", "-o", "{ws}/o"], "positive and finite"),
 }
 
 

@@ -52,6 +52,8 @@ MALFORMED = (ValueError, IndexError, KeyError, TypeError)
 def quantize_params(node: onnx.NodeProto, values: dict, inputs: list[str]) -> tuple[np.ndarray, np.ndarray, IntType]:
     """(scale, zero point, integer type) of a QuantizeLinear/DequantizeLinear node."""
     scale = np.asarray(values[inputs[1]].value, dtype=np.float32)
+    if not np.all(np.isfinite(scale) & (scale > 0)):
+        raise unsupported(node, f"scale must be positive and finite, got {scale.reshape(-1)[:4].tolist()}")
     if len(inputs) > 2 and inputs[2]:
         zero = np.asarray(values[inputs[2]].value)
         kind = int_type_of(zero, node)
