@@ -23,7 +23,7 @@ from hwsim.engine import Engine
 from qexport.board_verify import run_model
 from qexport.errors import GraphError
 from qexport.export.c_code import write_c
-from qexport.export.c_dot import DISABLED
+from qexport.export.c_dot import BLOCK_MIN_OUTPUTS, BLOCK_N, DISABLED, blocked_layout
 from qexport.export.c_pack import pack_rows
 from qexport.ir.checker import check_graph
 from qexport.ir.dtypes import IntType
@@ -50,8 +50,23 @@ def assert_same(got: dict, want: dict) -> None:
         np.testing.assert_array_equal(got[name], np.asarray(value, dtype=np.int64), err_msg=name)
 
 
-def check_exact(graph: Graph, feeds: dict, tmp: Path) -> None:
-    exe = build(export(graph, tmp))
+def vnni_flags() -> list[list[str]]:
+    """gcc flags that select the runtime's VNNI kernels of the blocked dot path this host can run."""
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    flags = []
+    if {"avx512f", "avx512bw", "avx512_vnni"} <= cpu:
+        flags.append(["-mavx512f", "-mavx512bw", "-mavx512vnni"])
+    if {"avx2", "avx_vnni"} <= cpu:
+        flags.append(["-mavx2", "-mavxvnni"])
+    return flags
+
+
+VNNI_FLAGS = vnni_flags()
+
+
+def check_exact(graph: Graph, feeds: dict, tmp: Path, extra: list[str] | None = None) -> None:
+    exe = build(export(graph, tmp), extra=extra)
     code, got, stderr = run_model(exe, graph, feeds)
     assert code == 0, stderr
     assert_same(got, run_graph(graph, feeds))
@@ -75,7 +90,11 @@ def test_pack_rows_layout():
 def conv_layers(draw, fmt: str):
     """One conv2d (every format, padding up to past the kernel, stride, groups, dilation) + requantize."""
     groups = draw(st.sampled_from([1, 1, 2, 3]))
-    cin, cout = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    # 1-2 outputs per group take the dot path's row layout, 8-20 its blocked layout (c_dot.BLOCK_MIN_OUTPUTS)
+    cout_g = draw(st.integers(1, 2)) if draw(st.booleans()) else draw(st.integers(BLOCK_MIN_OUTPUTS, 20))
+    # blocked layers whose window rows are runs of 4k bytes (k_w x cin_g undilated, else cin_g) read the padded
+    # copy in place (c_dot: im2col 0), the others through im2col rows
+    cin, cout = groups * draw(st.sampled_from([1, 2, 4, 8])), groups * cout_g
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     dil = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
     stride = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
@@ -134,7 +153,8 @@ def add_requantize(draw, graph: Graph, acc: str, channels: int, operands: tuple[
 @SETTINGS
 @given(data=st.data())
 def test_conv_layer_every_format(fmt, data, tmp_path_factory):
-    """Both kernels: the int8 dot path where the layer qualifies, and the general path (forced) as well."""
+    """Both kernels: the int8 dot path where the layer qualifies (row or blocked layout; portable or VNNI code),
+    and the general path (forced) as well."""
     graph, _, batch = data.draw(conv_layers(fmt))
     try:
         check_graph(graph)
@@ -144,12 +164,14 @@ def test_conv_layer_every_format(fmt, data, tmp_path_factory):
     if data.draw(st.booleans(), label="general path"):
         with mock.patch("qexport.export.c_code.plan_dot", lambda *_: dict(DISABLED)):
             check_exact(graph, feeds, tmp_path_factory.mktemp("conv"))
-    else:
-        check_exact(graph, feeds, tmp_path_factory.mktemp("conv"))
+    else:  # the portable kernels, or the blocked layout's VNNI intrinsics where the host has them
+        extra = data.draw(st.sampled_from([[], *VNNI_FLAGS]), label="kernel flags")
+        check_exact(graph, feeds, tmp_path_factory.mktemp("conv"), extra)
 
 
 def test_dot_path_is_taken_and_packed_channels_last(tmp_path):
-    """W8A8-style conv: the dot path with the int8 rows used in place, weight rows in (u, v, c) order."""
+    """W8A8-style conv: the dot path with the int8 weights used in place, rows in (u, v, c) order, convs with
+    at least BLOCK_MIN_OUTPUTS outputs per group in the blocked layout."""
     _, graph = checkpoint_graphs()[0]
     c_dir = export(graph, tmp_path)
     data = (c_dir / "model_data.h").read_text()
@@ -160,8 +182,24 @@ def test_dot_path_is_taken_and_packed_channels_last(tmp_path):
     bits = IntType.parse(str(weight.attrs["dtype"])).bits
     packed = re.search(r"qxm_w1_packed\[\d+\] = \{([^}]*)\}", data).group(1)
     got = [int(v) for v in packed.split(",") if v.strip()]
-    codes = np.moveaxis(weight.arrays["values"], 1, 3).reshape(weight.shape[0], -1) & ((1 << bits) - 1)
-    assert got == pack_rows(codes, bits)[0].tolist()
+    codes = np.moveaxis(weight.arrays["values"], 1, 3).reshape(weight.shape[0], -1)
+    if weight.shape[0] // convs[1].attrs["groups"] >= BLOCK_MIN_OUTPUTS and bits == 8:
+        assert got == (blocked_layout(codes, convs[1].attrs["groups"]) & 0xFF).tolist()
+    else:
+        assert got == pack_rows(codes & ((1 << bits) - 1), bits)[0].tolist()
+
+
+def test_blocked_layout():
+    """[group][block of BLOCK_N outputs][K / 4][BLOCK_N][4], zero padded in K and in outputs."""
+    ints = np.arange(1, 2 * 17 * 5 + 1).reshape(2 * 17, 5)  # 2 groups of 17 outputs, K = 5 (padded to 8)
+    flat = blocked_layout(ints, 2)
+    assert flat.size == 2 * 2 * BLOCK_N * 8
+    tiles = flat.reshape(2, 2, 2, BLOCK_N, 4)  # group, block, K / 4, output, K % 4
+    for g in range(2):
+        for o in range(2 * BLOCK_N):
+            for k in range(8):
+                want = ints[g * 17 + o, k] if o < 17 and k < 5 else 0
+                assert tiles[g, o // BLOCK_N, k // 4, o % BLOCK_N, k % 4] == want
 
 
 @st.composite

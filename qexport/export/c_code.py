@@ -18,8 +18,9 @@ import numpy as np
 
 from qexport import __version__
 from qexport.export.c_arena import Arena, containers, plan_arena
-from qexport.export.c_dot import DISABLED, channels_last, plan_dot
+from qexport.export.c_dot import DISABLED, blocked_layout, channels_last, plan_dot
 from qexport.export.c_pack import CExportError, bias_values, pack_weight, partial_sum_bound
+from qexport.formats import get_format
 from qexport.ir.graph import Graph, Node, TensorInfo
 from qexport.ir.ops import OP_SIGNATURES, Op, dynamic_operands
 
@@ -128,6 +129,9 @@ class _Planner:
         if dot["enabled"] and node.op is Op.CONV2D:
             weight = channels_last(weight)  # the dot path reads rows in (kernel row, column, channel) order
         fields = pack_weight(weight, x_min, x_max)
+        if dot["blocked"] and dot["direct"]:  # the int8 bytes themselves, in the blocked layout
+            ints = get_format(weight.format).integers(weight).astype(np.int64).reshape(weight.shape[0], -1)
+            fields["packed"] = [int(v) & 0xFF for v in blocked_layout(ints, node.attrs["groups"])]
         fields.update(id=len(self.weights), node=node.name, bias=bias_ints, dot=dot)
         self.weights.append(fields)
         self.codes_elems = max(self.codes_elems, fields["row_len"] * fields["terms"])

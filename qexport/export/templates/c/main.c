@@ -41,15 +41,16 @@ static int32_t quantize(float x, const qx_io_t *io)
 
 static int read_sample(FILE *f, int integers)
 {
-    unsigned char b[4];
+    /* one fread of the whole sample, then decoded value by value */
+    static unsigned char raw[4 * QXM_INPUT_ELEMS];
+    size_t got = fread(raw, 1, sizeof raw, f);
     int32_t t, i, k = 0;
+    if (got != sizeof raw) {
+        return got == 0 ? 0 : -1;
+    }
     for (t = 0; t < QXM_NUM_INPUTS; ++t) {
         for (i = 0; i < qxm_inputs[t].elems; ++i, ++k) {
-            uint32_t bits;
-            if (fread(b, 1, 4, f) != 4) {
-                return k == 0 ? 0 : -1;
-            }
-            bits = get_u32(b);
+            const uint32_t bits = get_u32(raw + 4 * k);
             if (integers) {
                 in_q[k] = (int32_t)bits;
             } else {

@@ -2,6 +2,16 @@
  * no shift of a negative value, no signed overflow (the exporter proves the accumulator bounds). */
 #include "qx_runtime.h"
 
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+#include <immintrin.h>
+#include <string.h>
+#define QX_VNNI512 1 /* 16 int32 lanes per vpdpbusd: one block of outputs per register */
+#elif defined(__AVXVNNI__)
+#include <immintrin.h>
+#include <string.h>
+#define QX_VNNI256 1 /* 8 int32 lanes per vpdpbusd (AVX-VNNI): two registers per block */
+#endif
+
 static uint32_t qx_field(const uint8_t *bytes, uint32_t pos, uint32_t n)
 {
     /* n (1..32) bits starting at bit `pos`, least significant bit first */
@@ -158,18 +168,43 @@ static void qx_dot4_u8s8(const uint8_t *restrict a, const int8_t *restrict w, in
     sums[3] = s3;
 }
 
-static const int8_t *qx_dot_weights(const qx_weight_t *w, const qx_dot_t *d, const qx_scratch_t *s)
+static int32_t qx_wbuf_at(const qx_weight_t *w, const qx_dot_t *d, int32_t cout_g, int32_t row)
 {
-    /* every row as int8 integers: the packed bytes themselves, or unpacked into the scratch */
+    /* the scratch index of element 0 of a row; element i is at + (i / 4) * 64 + i % 4 when blocked, else + i */
+    int32_t g, local, blocks;
+    if (!d->blocked) {
+        return row * w->row_len;
+    }
+    g = row / cout_g;
+    local = row % cout_g;
+    blocks = (cout_g + QX_BLOCK_N - 1) / QX_BLOCK_N;
+    return ((g * blocks + local / QX_BLOCK_N) * (d->k_pad / 4)) * 4 * QX_BLOCK_N + (local % QX_BLOCK_N) * 4;
+}
+
+static int32_t qx_wbuf_step(const qx_dot_t *d, int32_t i)
+{
+    return d->blocked ? (i / 4) * 4 * QX_BLOCK_N + i % 4 : i;
+}
+
+static const int8_t *qx_dot_weights(const qx_weight_t *w, const qx_dot_t *d, int32_t cout_g, const qx_scratch_t *s)
+{
+    /* every row as int8 integers: the packed bytes themselves, or unpacked into the scratch (in the blocked
+     * layout, whose padding is zero, when d->blocked) */
     int32_t row, i, t;
     if (d->direct) {
         return d->direct;
+    }
+    if (d->blocked) {
+        const int32_t total = w->rows / cout_g * ((cout_g + QX_BLOCK_N - 1) / QX_BLOCK_N) * QX_BLOCK_N * d->k_pad;
+        for (i = 0; i < total; ++i) {
+            s->wbuf[i] = 0;
+        }
     }
     if (w->format == QX_INT_AFFINE && w->bits <= 8) { /* a running bit buffer: one byte read per refill */
         const uint32_t bits = w->bits, mask = (1u << bits) - 1u, sign = w->is_signed ? 1u << (bits - 1u) : 0u;
         for (row = 0; row < w->rows; ++row) {
             const uint8_t *bytes = w->packed + row * w->row_bytes;
-            int8_t *dst = s->wbuf + row * w->row_len;
+            int8_t *dst = s->wbuf + qx_wbuf_at(w, d, cout_g, row);
             const int32_t zero_point = w->zero_point[row];
             uint32_t buffer = 0, have = 0;
             for (i = 0; i < w->row_len; ++i) {
@@ -181,13 +216,13 @@ static const int8_t *qx_dot_weights(const qx_weight_t *w, const qx_dot_t *d, con
                 v = buffer & mask;
                 buffer >>= bits;
                 have -= bits;
-                dst[i] = (int8_t)((int32_t)(v ^ sign) - (int32_t)sign - zero_point);
+                dst[qx_wbuf_step(d, i)] = (int8_t)((int32_t)(v ^ sign) - (int32_t)sign - zero_point);
             }
         }
         return s->wbuf;
     }
     for (row = 0; row < w->rows; ++row) {
-        int8_t *dst = s->wbuf + row * w->row_len;
+        int8_t *dst = s->wbuf + qx_wbuf_at(w, d, cout_g, row);
         qx_unpack_row(w, row, s->codes);
         for (i = 0; i < w->row_len; ++i) {
             int32_t value = 0;
@@ -200,7 +235,7 @@ static const int8_t *qx_dot_weights(const qx_weight_t *w, const qx_dot_t *d, con
                     value += code < 0 ? -term : term;
                 }
             }
-            dst[i] = (int8_t)value;
+            dst[qx_wbuf_step(d, i)] = (int8_t)value;
         }
     }
     return s->wbuf;
@@ -214,25 +249,47 @@ static uint8_t qx_offset(const uint8_t *x, int32_t i, uint8_t flip, uint8_t base
 
 static void qx_pad_channels_last(const qx_conv_t *p, const uint8_t *xg, uint8_t *dst)
 {
-    /* dst[hp][wp][c] = x[c][hp - pad_top][wp - pad_left] - x_min, or the centred zero outside the input */
+    /* dst[hp][wp][c] = x[c][hp - pad_top][wp - pad_left] - x_min, or the centred zero outside the input:
+     * padding first, then per channel a contiguous read of each input row */
     const int32_t cin_g = p->in_c / p->groups, in_h = p->in_h, in_w = p->in_w, plane = p->in_h * p->in_w;
-    const int32_t rows = p->dot.padded_h, cols = p->dot.padded_w;
+    const int32_t rows = p->dot.padded_h, cols = p->dot.padded_w, pitch = cols * cin_g, left = p->pad_left;
+    const int32_t w0 = p->pad_left < cols ? p->pad_left : cols;
+    const int32_t w1 = p->pad_left + in_w < cols ? p->pad_left + in_w : cols;
     const uint8_t flip = p->x_type == QX_I8 ? 0x80u : 0u, pad = (uint8_t)p->dot.x_off;
     const uint8_t base = (uint8_t)(p->x_type == QX_I8 ? p->dot.x_min + 128 : p->dot.x_min);
     int32_t hp, wp, c;
     for (hp = 0; hp < rows; ++hp) {
         const int32_t ih = hp - p->pad_top;
-        for (wp = 0; wp < cols; ++wp) {
-            const int32_t iw = wp - p->pad_left;
-            uint8_t *out = dst + (hp * cols + wp) * cin_g;
-            if (ih < 0 || ih >= in_h || iw < 0 || iw >= in_w) {
-                for (c = 0; c < cin_g; ++c) {
-                    out[c] = pad;
-                }
-            } else {
-                for (c = 0; c < cin_g; ++c) {
-                    out[c] = qx_offset(xg, c * plane + ih * in_w + iw, flip, base);
-                }
+        uint8_t *row = dst + hp * pitch;
+        if (ih < 0 || ih >= in_h) {
+            for (wp = 0; wp < pitch; ++wp) {
+                row[wp] = pad;
+            }
+            continue;
+        }
+        for (wp = 0; wp < w0 * cin_g; ++wp) {
+            row[wp] = pad;
+        }
+        for (wp = w1 * cin_g; wp < pitch; ++wp) {
+            row[wp] = pad;
+        }
+        c = 0;
+        for (; c + 4 <= cin_g; c += 4) { /* four channels per pass: four contiguous bytes per pixel */
+            const uint8_t *restrict s0 = xg + c * plane + ih * in_w, *restrict s1 = s0 + plane;
+            const uint8_t *restrict s2 = s1 + plane, *restrict s3 = s2 + plane;
+            uint8_t *restrict out = row + c;
+            for (wp = w0; wp < w1; ++wp) {
+                out[wp * cin_g] = (uint8_t)((uint8_t)(s0[wp - left] ^ flip) - base);
+                out[wp * cin_g + 1] = (uint8_t)((uint8_t)(s1[wp - left] ^ flip) - base);
+                out[wp * cin_g + 2] = (uint8_t)((uint8_t)(s2[wp - left] ^ flip) - base);
+                out[wp * cin_g + 3] = (uint8_t)((uint8_t)(s3[wp - left] ^ flip) - base);
+            }
+        }
+        for (; c < cin_g; ++c) {
+            const uint8_t *restrict src = xg + c * plane + ih * in_w;
+            uint8_t *restrict out = row + c;
+            for (wp = w0; wp < w1; ++wp) {
+                out[wp * cin_g] = (uint8_t)((uint8_t)(src[wp - left] ^ flip) - base);
             }
         }
     }
@@ -248,9 +305,10 @@ static void qx_copy_bytes(uint8_t *dst, const uint8_t *src, int32_t n)
 
 static void qx_im2col(const qx_conv_t *p, const uint8_t *padded, int32_t first, int32_t count, uint8_t *cols)
 {
-    /* per output pixel one row of k_h x k_w x cin_g values: k_h contiguous runs (k_h x k_w if dilated) */
+    /* per output pixel one row of k_h x k_w x cin_g values: k_h contiguous runs (k_h x k_w if dilated);
+     * rows are k_pad bytes apart when blocked, the bytes past K zero */
     const int32_t cin_g = p->in_c / p->groups, k_h = p->k_h, k_w = p->k_w, out_w = p->out_w;
-    const int32_t pitch = p->dot.padded_w * cin_g, run = k_w * cin_g;
+    const int32_t pitch = p->dot.padded_w * cin_g, run = k_w * cin_g, tail = p->dot.blocked ? p->dot.k_pad - k_h * run : 0;
     int32_t q, u, v;
     for (q = 0; q < count; ++q) {
         const int32_t i = (first + q) / out_w, j = (first + q) % out_w;
@@ -265,14 +323,164 @@ static void qx_im2col(const qx_conv_t *p, const uint8_t *padded, int32_t first, 
             }
             cols += run;
         }
+        for (v = 0; v < tail; ++v) {
+            *cols++ = 0;
+        }
+    }
+}
+
+/* Where the blocked kernel reads a pixel's K values: k_h x k_w runs of `run` bytes (a multiple of 4),
+ * `row_step` / `col_step` bytes apart, from the pixel's first byte. An im2col row is one run of k_pad bytes;
+ * a direct conv2d (cin_g a multiple of 4) reads the padded channels-last copy in place. */
+typedef struct {
+    int32_t k_h, k_w, run, row_step, col_step;
+} qx_window_t;
+
+static void qx_block_pixel(const uint8_t *restrict a, const qx_window_t *win, const int8_t *restrict wb,
+                           int32_t *restrict acc)
+{
+    /* the portable reference: acc[n] = sum_k a[k] * w[n][k] over one blocked weight block of QX_BLOCK_N outputs */
+    int32_t sum[QX_BLOCK_N], u, v, k, n;
+    for (n = 0; n < QX_BLOCK_N; ++n) {
+        sum[n] = 0;
+    }
+    for (u = 0; u < win->k_h; ++u) {
+        for (v = 0; v < win->k_w; ++v) {
+            const uint8_t *restrict run = a + u * win->row_step + v * win->col_step;
+            for (k = 0; k < win->run; k += 4, wb += 4 * QX_BLOCK_N) {
+                const int32_t a0 = run[k], a1 = run[k + 1], a2 = run[k + 2], a3 = run[k + 3];
+                for (n = 0; n < QX_BLOCK_N; ++n) {
+                    sum[n] += a0 * wb[4 * n] + a1 * wb[4 * n + 1] + a2 * wb[4 * n + 2] + a3 * wb[4 * n + 3];
+                }
+            }
+        }
+    }
+    for (n = 0; n < QX_BLOCK_N; ++n) {
+        acc[n] = sum[n];
+    }
+}
+
+#if defined(QX_VNNI512) || defined(QX_VNNI256)
+static int32_t qx_bytes4(const uint8_t *a)
+{
+    int32_t v;
+    memcpy(&v, a, sizeof v); /* four activation bytes as one lane (little-endian, as vpdpbusd reads them) */
+    return v;
+}
+#endif
+
+static void qx_block_tile(const uint8_t *const *pix, const qx_window_t *win, const int8_t *wb, int32_t count,
+                          int32_t *acc)
+{
+    /* acc[q * QX_BLOCK_N + n] for `count` (<= QX_TILE) pixels whose windows start at pix[q]. With VNNI, full
+     * tiles keep one accumulator register per pixel (two with 256-bit AVX-VNNI) and load each 64-byte K group
+     * of weights once for all of them; vpdpbusd adds four exact u8 x s8 products per lane into int32 without
+     * saturation, the same sums in another order (exact: the exporter bounds every partial sum). */
+    int32_t q = 0;
+#if defined(QX_VNNI512)
+    if (count == QX_TILE) {
+        __m512i sum[QX_TILE];
+        int32_t u, v, k, t;
+        for (t = 0; t < QX_TILE; ++t) {
+            sum[t] = _mm512_setzero_si512();
+        }
+        for (u = 0; u < win->k_h; ++u) {
+            for (v = 0; v < win->k_w; ++v) {
+                const int32_t at = u * win->row_step + v * win->col_step;
+                for (k = 0; k < win->run; k += 4, wb += 4 * QX_BLOCK_N) {
+                    const __m512i w = _mm512_loadu_si512((const void *)wb);
+                    for (t = 0; t < QX_TILE; ++t) {
+                        sum[t] = _mm512_dpbusd_epi32(sum[t], _mm512_set1_epi32(qx_bytes4(pix[t] + at + k)), w);
+                    }
+                }
+            }
+        }
+        for (t = 0; t < QX_TILE; ++t) {
+            _mm512_storeu_si512((void *)(acc + t * QX_BLOCK_N), sum[t]);
+        }
+        return;
+    }
+#elif defined(QX_VNNI256)
+    for (; q + QX_TILE / 2 <= count; q += QX_TILE / 2) {
+        const int8_t *w_at = wb;
+        __m256i lo[QX_TILE / 2], hi[QX_TILE / 2];
+        int32_t u, v, k, t;
+        for (t = 0; t < QX_TILE / 2; ++t) {
+            lo[t] = _mm256_setzero_si256();
+            hi[t] = _mm256_setzero_si256();
+        }
+        for (u = 0; u < win->k_h; ++u) {
+            for (v = 0; v < win->k_w; ++v) {
+                const int32_t at = u * win->row_step + v * win->col_step;
+                for (k = 0; k < win->run; k += 4, w_at += 4 * QX_BLOCK_N) {
+                    const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)w_at);
+                    const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(w_at + 32));
+                    for (t = 0; t < QX_TILE / 2; ++t) {
+                        const __m256i a = _mm256_set1_epi32(qx_bytes4(pix[q + t] + at + k));
+                        lo[t] = _mm256_dpbusd_avx_epi32(lo[t], a, w0);
+                        hi[t] = _mm256_dpbusd_avx_epi32(hi[t], a, w1);
+                    }
+                }
+            }
+        }
+        for (t = 0; t < QX_TILE / 2; ++t) {
+            _mm256_storeu_si256((__m256i *)(void *)(acc + (q + t) * QX_BLOCK_N), lo[t]);
+            _mm256_storeu_si256((__m256i *)(void *)(acc + (q + t) * QX_BLOCK_N + 8), hi[t]);
+        }
+    }
+#endif
+    for (; q < count; ++q) {
+        qx_block_pixel(pix[q], win, wb, acc + q * QX_BLOCK_N);
+    }
+}
+
+static void qx_conv2d_blocked(const qx_conv_t *p, const int8_t *weights, int32_t *y, const uint8_t *source,
+                              int32_t g, int32_t first, int32_t count)
+{
+    /* `count` output pixels from `first` against every weight block of group g; `source` is the im2col block
+     * (d->im2col) or the padded channels-last copy */
+    const qx_dot_t *d = &p->dot;
+    const int32_t cout_g = p->out_c / p->groups, blocks = (cout_g + QX_BLOCK_N - 1) / QX_BLOCK_N, k_pad = d->k_pad;
+    const int32_t pixels = p->out_h * p->out_w, cin_g = p->in_c / p->groups, pitch = d->padded_w * cin_g;
+    qx_window_t win = { 1, 1, k_pad, 0, 0 };
+    const uint8_t *pix[QX_TILE];
+    int32_t acc[QX_TILE * QX_BLOCK_N], correction[QX_BLOCK_N], b, n, q, t;
+    if (!d->im2col) { /* undilated columns: a window row is one run of k_w x cin_g contiguous bytes */
+        win.k_h = p->k_h;
+        win.k_w = p->dil_w == 1 ? 1 : p->k_w;
+        win.run = p->dil_w == 1 ? p->k_w * cin_g : cin_g;
+        win.row_step = p->dil_h * pitch;
+        win.col_step = p->dil_w * cin_g;
+    }
+    for (b = 0; b < blocks; ++b) {
+        const int8_t *wb = weights + (g * blocks + b) * QX_BLOCK_N * k_pad;
+        const int32_t o0 = g * cout_g + b * QX_BLOCK_N;
+        const int32_t outs = cout_g - b * QX_BLOCK_N < QX_BLOCK_N ? cout_g - b * QX_BLOCK_N : QX_BLOCK_N;
+        for (n = 0; n < outs; ++n) {
+            correction[n] = (p->bias ? p->bias[o0 + n] : 0) - d->x_off * d->row_sum[o0 + n];
+        }
+        for (q = 0; q < count; q += QX_TILE) {
+            const int32_t tile = count - q < QX_TILE ? count - q : QX_TILE;
+            for (t = 0; t < tile; ++t) {
+                const int32_t at = first + q + t, i = at / p->out_w, j = at % p->out_w;
+                pix[t] = d->im2col ? source + (q + t) * k_pad : source + i * p->stride_h * pitch + j * p->stride_w * cin_g;
+            }
+            qx_block_tile(pix, &win, wb, tile, acc);
+            for (n = 0; n < outs; ++n) {
+                int32_t *out = y + (o0 + n) * pixels + first + q;
+                for (t = 0; t < tile; ++t) {
+                    out[t] = acc[t * QX_BLOCK_N + n] + correction[n];
+                }
+            }
+        }
     }
 }
 
 static void qx_conv2d_dot(const qx_conv_t *p, const void *x, int32_t *y, const qx_scratch_t *s)
 {
     const qx_dot_t *d = &p->dot;
-    const int8_t *weights = qx_dot_weights(p->weight, d, s);
     const int32_t cin_g = p->in_c / p->groups, cout_g = p->out_c / p->groups;
+    const int8_t *weights = qx_dot_weights(p->weight, d, cout_g, s);
     const int32_t k_len = cin_g * p->k_h * p->k_w, pixels = p->out_h * p->out_w, block = d->block;
     const int32_t x_off = d->x_off;
     const int32_t *bias = p->bias, *row_sum = d->row_sum;
@@ -282,7 +490,15 @@ static void qx_conv2d_dot(const qx_conv_t *p, const void *x, int32_t *y, const q
         qx_pad_channels_last(p, (const uint8_t *)x + g * cin_g * p->in_h * p->in_w, s->padded);
         for (first = 0; first < pixels; first += block) {
             const int32_t count = pixels - first < block ? pixels - first : block;
+            if (d->blocked && !d->im2col) { /* the padded copy read in place */
+                qx_conv2d_blocked(p, weights, y, s->padded, g, first, count);
+                continue;
+            }
             qx_im2col(p, s->padded, first, count, cols);
+            if (d->blocked) {
+                qx_conv2d_blocked(p, weights, y, cols, g, first, count);
+                continue;
+            }
             for (o = g * cout_g; o < (g + 1) * cout_g; o += 4) {
                 const int8_t *wr = weights + o * k_len;
                 int32_t t, rows = (g + 1) * cout_g - o < 4 ? (g + 1) * cout_g - o : 4, sums[4], correction[4];
@@ -353,7 +569,7 @@ void qx_linear(const qx_linear_t *p, const void *x, int32_t *y, const qx_scratch
     int32_t o, k;
     if (p->dot.enabled) {
         const qx_dot_t *d = &p->dot;
-        const int8_t *weights = qx_dot_weights(p->weight, d, s);
+        const int8_t *weights = qx_dot_weights(p->weight, d, p->out_n, s);
         uint8_t flip = p->x_type == QX_I8 ? 0x80u : 0u;
         uint8_t base = (uint8_t)(p->x_type == QX_I8 ? d->x_min + 128 : d->x_min);
         for (k = 0; k < p->in_n; ++k) {
@@ -377,6 +593,7 @@ void qx_linear(const qx_linear_t *p, const void *x, int32_t *y, const qx_scratch
 
 void qx_add(const qx_add_t *p, const void *a, const void *b, int32_t *y)
 {
+    const int32_t n = p->n; /* a local bound: the loops vectorize */
     int32_t i;
     if ((p->a_type == QX_I8 || p->a_type == QX_U8) && (p->b_type == QX_I8 || p->b_type == QX_U8)) {
         /* byte inputs: int8 read as uint8 (x ^ 0x80) - 128, a vectorizable loop */
@@ -384,12 +601,21 @@ void qx_add(const qx_add_t *p, const void *a, const void *b, int32_t *y)
         int32_t *restrict out = y;
         const uint8_t fa = p->a_type == QX_I8 ? 0x80u : 0u, fb = p->b_type == QX_I8 ? 0x80u : 0u;
         const int64_t ca = (int64_t)fa + p->zp_a, cb = (int64_t)fb + p->zp_b, ma = p->mul_a, mb = p->mul_b;
-        for (i = 0; i < p->n; ++i) {
+        const int64_t limit = (int64_t)1 << 20;
+        if (ca >= -512 && ca <= 512 && cb >= -512 && cb <= 512 && ma >= -limit && ma <= limit && mb >= -limit &&
+            mb <= limit) { /* |byte - c| <= 767, |term| <= 767 * 2**20 < 2**30: the sum fits int32 lanes */
+            const int32_t ca32 = (int32_t)ca, cb32 = (int32_t)cb, ma32 = (int32_t)ma, mb32 = (int32_t)mb;
+            for (i = 0; i < n; ++i) {
+                out[i] = ((int32_t)(uint8_t)(pa[i] ^ fa) - ca32) * ma32 + ((int32_t)(uint8_t)(pb[i] ^ fb) - cb32) * mb32;
+            }
+            return;
+        }
+        for (i = 0; i < n; ++i) {
             out[i] = (int32_t)(((int64_t)(uint8_t)(pa[i] ^ fa) - ca) * ma + ((int64_t)(uint8_t)(pb[i] ^ fb) - cb) * mb);
         }
         return;
     }
-    for (i = 0; i < p->n; ++i) {
+    for (i = 0; i < n; ++i) {
         int64_t lhs = ((int64_t)qx_load(a, p->a_type, i) - p->zp_a) * p->mul_a;
         y[i] = (int32_t)(lhs + ((int64_t)qx_load(b, p->b_type, i) - p->zp_b) * p->mul_b);
     }
@@ -557,6 +783,24 @@ static void qx_maxpool_bytes(const qx_pool_t *p, const uint8_t *x, uint8_t *y)
     const uint8_t flip = p->x_type == QX_I8 ? 0x80u : 0u;
     const int32_t in_h = p->in_h, in_w = p->in_w, out_h = p->out_h, out_w = p->out_w;
     int32_t c, i, j, u, v;
+    if (p->k_h == 2 && p->k_w == 2 && p->pad_top == 0 && p->pad_left == 0 && (out_h - 1) * p->stride_h + 2 <= in_h &&
+        (out_w - 1) * p->stride_w + 2 <= in_w) { /* 2 x 2 windows inside the input: no bounds per output */
+        const int32_t sh = p->stride_h, sw = p->stride_w;
+        for (c = 0; c < p->channels; ++c) {
+            const uint8_t *plane = x + c * in_h * in_w;
+            uint8_t *out = y + c * out_h * out_w;
+            for (i = 0; i < out_h; ++i) {
+                const uint8_t *top = plane + i * sh * in_w, *bottom = top + in_w;
+                for (j = 0; j < out_w; ++j) {
+                    const uint8_t a = (uint8_t)(top[j * sw] ^ flip), b = (uint8_t)(top[j * sw + 1] ^ flip);
+                    const uint8_t e = (uint8_t)(bottom[j * sw] ^ flip), f = (uint8_t)(bottom[j * sw + 1] ^ flip);
+                    const uint8_t ab = a > b ? a : b, ef = e > f ? e : f;
+                    out[i * out_w + j] = (uint8_t)((ab > ef ? ab : ef) ^ flip);
+                }
+            }
+        }
+        return;
+    }
     for (c = 0; c < p->channels; ++c) {
         const uint8_t *plane = x + c * in_h * in_w;
         for (i = 0; i < out_h; ++i) {

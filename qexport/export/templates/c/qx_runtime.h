@@ -60,8 +60,19 @@ typedef struct {
 
 /* The fast conv2d / linear path ("dot"): acc = sum(u * w) - x_off * row_sum + bias, where u = x - x_min
  * (uint8) and x_off = x_zp - x_min is a centred zero (the padding value); the exporter proves every
- * partial sum fits int32. Weights come from `direct` (8-bit int_affine rows with zero point 0 are the
- * packed bytes themselves) or are unpacked once per call into the scratch `wbuf`. */
+ * partial sum fits int32 (in any order). Weights come from `direct` (8-bit int_affine weights with zero
+ * point 0 are the packed bytes themselves) or are unpacked once per call into the scratch `wbuf`.
+ * Row layout: one row of K = k_h x k_w x cin_g values per output channel, four rows per pass.
+ * Blocked layout (`blocked`, conv2d with at least 8 outputs per group): per group, output channels in
+ * blocks of QX_BLOCK_N = 16 and K padded with zero weights to k_pad (a multiple of 4), stored
+ * [group][block][k_pad / 4][16 outputs][4 K values], so 4 activation bytes broadcast against 64 weight
+ * bytes add into 16 int32 lanes (the vpdpbusd / udot / sdot shape); zero rows pad the last block. A
+ * blocked layer with direct weights stores its packed bytes in this layout (the general path never
+ * reads them). A blocked conv2d whose window rows are runs of a multiple of 4 bytes (k_w x cin_g bytes
+ * undilated, else cin_g) reads its K values from the padded copy in place (`im2col` 0); others build
+ * im2col rows of k_pad bytes. */
+#define QX_BLOCK_N 16
+#define QX_TILE 8 /* output pixels per pass of the blocked kernel (im2col blocks hold a multiple of it) */
 typedef struct {
     int32_t enabled;
     const int8_t *direct; /* or NULL */
@@ -69,6 +80,8 @@ typedef struct {
     int32_t x_min, x_off;
     int32_t block; /* output pixels per im2col block (the scratch `cols` holds block x K bytes) */
     int32_t padded_h, padded_w; /* conv2d: the padded channels-last input copy (scratch `padded`) */
+    int32_t blocked, k_pad;     /* the blocked weight layout; im2col rows are then k_pad bytes apart */
+    int32_t im2col; /* blocked conv2d: 1 = through im2col rows, 0 = the padded copy read in place */
 } qx_dot_t;
 
 typedef struct {
