@@ -11,6 +11,10 @@
 #include <string.h>
 #define QX_VNNI256 1 /* 8 int32 lanes per vpdpbusd (AVX-VNNI): two registers per block */
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#include <string.h>
+#endif
 
 static uint32_t qx_field(const uint8_t *bytes, uint32_t pos, uint32_t n)
 {
@@ -247,6 +251,60 @@ static uint8_t qx_offset(const uint8_t *x, int32_t i, uint8_t flip, uint8_t base
     return (uint8_t)((uint8_t)(x[i] ^ flip) - base);
 }
 
+#if defined(__SSE2__)
+static int32_t qx_pad4_sse2(const uint8_t *src, int32_t plane, int32_t left, uint8_t flip, uint8_t base, int32_t wp,
+                            int32_t w1, uint8_t *out, int32_t pitch)
+{
+    /* 16 pixels x 4 channels per pass of qx_pad_channels_last: four 16-byte rows (channels c..c+3, pixel wp
+     * at src[wp - left] of the first, wp >= left) offset byte-wise as the scalar loop does, interleaved into 4-byte pixels,
+     * pixel i stored at out + i * pitch. Returns the first pixel left for the scalar loop. */
+    const __m128i vflip = _mm_set1_epi8((char)flip), vbase = _mm_set1_epi8((char)base);
+    for (; wp + 16 <= w1; wp += 16) {
+        __m128i a[4], pairs[4], quad[4];
+        uint32_t lanes[16];
+        int32_t k;
+        for (k = 0; k < 4; ++k) {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(src + (k * plane + wp - left)));
+            a[k] = _mm_sub_epi8(_mm_xor_si128(raw, vflip), vbase);
+        }
+        pairs[0] = _mm_unpacklo_epi8(a[0], a[1]); /* pixels 0-7: c0 c1 */
+        pairs[1] = _mm_unpackhi_epi8(a[0], a[1]); /* pixels 8-15 */
+        pairs[2] = _mm_unpacklo_epi8(a[2], a[3]); /* pixels 0-7: c2 c3 */
+        pairs[3] = _mm_unpackhi_epi8(a[2], a[3]);
+        quad[0] = _mm_unpacklo_epi16(pairs[0], pairs[2]); /* pixels 0-3: c0 c1 c2 c3 */
+        quad[1] = _mm_unpackhi_epi16(pairs[0], pairs[2]);
+        quad[2] = _mm_unpacklo_epi16(pairs[1], pairs[3]);
+        quad[3] = _mm_unpackhi_epi16(pairs[1], pairs[3]);
+        for (k = 0; k < 4; ++k) {
+            _mm_storeu_si128((__m128i *)(void *)(lanes + 4 * k), quad[k]);
+        }
+        for (k = 0; k < 16; ++k) {
+            memcpy(out + (wp + k) * pitch, &lanes[k], 4);
+        }
+    }
+    if (wp + 8 <= w1) { /* the same for 8 pixels (8-byte rows) */
+        __m128i a[4], pairs[2], quad[2];
+        uint32_t lanes[8];
+        int32_t k;
+        for (k = 0; k < 4; ++k) {
+            const __m128i raw = _mm_loadl_epi64((const __m128i *)(const void *)(src + (k * plane + wp - left)));
+            a[k] = _mm_sub_epi8(_mm_xor_si128(raw, vflip), vbase);
+        }
+        pairs[0] = _mm_unpacklo_epi8(a[0], a[1]);
+        pairs[1] = _mm_unpacklo_epi8(a[2], a[3]);
+        quad[0] = _mm_unpacklo_epi16(pairs[0], pairs[1]);
+        quad[1] = _mm_unpackhi_epi16(pairs[0], pairs[1]);
+        _mm_storeu_si128((__m128i *)(void *)lanes, quad[0]);
+        _mm_storeu_si128((__m128i *)(void *)(lanes + 4), quad[1]);
+        for (k = 0; k < 8; ++k) {
+            memcpy(out + (wp + k) * pitch, &lanes[k], 4);
+        }
+        wp += 8;
+    }
+    return wp;
+}
+#endif
+
 static void qx_pad_channels_last(const qx_conv_t *p, const uint8_t *xg, uint8_t *dst)
 {
     /* dst[hp][wp][c] = x[c][hp - pad_top][wp - pad_left] - x_min, or the centred zero outside the input:
@@ -278,7 +336,11 @@ static void qx_pad_channels_last(const qx_conv_t *p, const uint8_t *xg, uint8_t 
             const uint8_t *restrict s0 = xg + c * plane + ih * in_w, *restrict s1 = s0 + plane;
             const uint8_t *restrict s2 = s1 + plane, *restrict s3 = s2 + plane;
             uint8_t *restrict out = row + c;
-            for (wp = w0; wp < w1; ++wp) {
+            wp = w0;
+#if defined(__SSE2__)
+            wp = qx_pad4_sse2(s0, plane, left, flip, base, wp, w1, out, cin_g);
+#endif
+            for (; wp < w1; ++wp) {
                 out[wp * cin_g] = (uint8_t)((uint8_t)(s0[wp - left] ^ flip) - base);
                 out[wp * cin_g + 1] = (uint8_t)((uint8_t)(s1[wp - left] ^ flip) - base);
                 out[wp * cin_g + 2] = (uint8_t)((uint8_t)(s2[wp - left] ^ flip) - base);
