@@ -9,8 +9,10 @@ the torch convolutions (``hwsim.int8_conv``, ``hwsim.float_conv``) write. Overfl
 accumulator type is only checked where the bound does not already rule it out.
 
 Free (LSQ) scales have 31-bit multipliers and shifts near 40: past float64's bound. Their steps use
-``IntRequant``, the integer rule itself in vectorized int64 (``hwsim.kernels.requant_int``), in the
-same layout with the same counters.
+``CheckedRequant``: float32 with the scale rounded where values stay below 2**24, else float64, each
+product checked against the nearest half and the few that may round differently recomputed in int64
+(``hwsim.kernels.requant_checked``); else ``IntRequant``, the integer rule itself in vectorized int64
+(``hwsim.kernels.requant_int``). Same layout, same counters.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from hwsim.exact import FLOAT64_EXACT, float_type
+from hwsim.exact import FLOAT32_EXACT, FLOAT64_EXACT, float_type
 from hwsim.float_conv import FloatConv
 from hwsim.int8_conv import Int8Conv
-from hwsim.kernels import requant, requant_int
+from hwsim.kernels import requant, requant_checked, requant_int
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the kernels convert clipped results through int32
 INT64_LIMIT = 2**63
+CHECKED_CLIP_LIMIT = 2**21  # checked forms: |zero point| + |clip limits| below this (larger results only clip)
+# checked forms: |p - exact| <= error * |p| for p = value * float(scale): float32 rounds the scale and the
+# product (2**-24 each), float64 only the product (the scale, 31 bits x a power of two, is exact)
+CHECKED_ERROR = {np.float32: 2.0**-22, np.float64: 2.0**-51}
+CHECKED_EXACT = {np.float32: FLOAT32_EXACT, np.float64: FLOAT64_EXACT}
 TILE = 256  # per-channel constants are tiled to a whole number of channel rows of about this length
 
 
@@ -69,9 +76,84 @@ class IntRequant:
         return np.int64
 
 
-def exact_requant(*args) -> FloatRequant | IntRequant | None:
-    """``float_requant`` where exact (the faster kernels), else ``int_requant``; same arguments."""
-    return float_requant(*args) or int_requant(*args)
+@dataclass
+class CheckedRequant:
+    """A requantization in float32 with the scale rounded, checked per element (``requant_checked``), with
+    the int64 form for the elements near a half; tiled like ``FloatRequant``."""
+
+    scale: np.ndarray  # float32(multiplier * 2**-shift), tiled
+    bias: np.ndarray  # float32, tiled
+    limits: tuple  # FloatRequant's limits, error, 0.5 (the scale's type), the int64 form's multiplier, shift, up,
+    # zero point, clip min, clip max
+    int_form: IntRequant
+    kind = "checked"
+
+    @property
+    def coeffs(self) -> tuple[np.ndarray, ...]:
+        return (self.scale,)
+
+    @property
+    def dtype(self) -> type:
+        return self.scale.dtype.type
+
+    @classmethod
+    def of(cls, form: FloatRequant | CheckedRequant, int_form: IntRequant | None) -> CheckedRequant | None:
+        """A float form as a checked one (error 0: only exact ties, which np.rint already rounds right, go to int64)."""
+        if form.kind == "checked" or int_form is None:
+            return form if form.kind == "checked" else None
+        dtype = form.dtype
+        return cls(form.scale, form.bias, _checked_limits(form.limits, dtype(0), dtype, int_form), int_form)
+
+
+def _checked_limits(float_limits: tuple, error, dtype: type, int_form: IntRequant) -> tuple:
+    return (*float_limits, dtype(error), dtype(0.5), *int_form.coeffs, *int_form.limits[:3])
+
+
+def exact_requant(*args) -> FloatRequant | CheckedRequant | IntRequant | None:
+    """The fastest exact form (same arguments): float32, checked float32, float64, checked float64, int64."""
+    form = float_requant(*args)
+    if form is not None and form.dtype is np.float32:
+        return form
+    return checked_requant(*args, np.float32) or form or checked_requant(*args, np.float64) or int_requant(*args)
+
+
+def checked_requant(
+    multiplier: np.ndarray,
+    shift: np.ndarray,
+    bias: np.ndarray,
+    bound: int,
+    zero_point: int,
+    clips: tuple[int, int],
+    acc_limits: tuple[int, int],
+    dtype: type = np.float32,
+) -> CheckedRequant | None:
+    """The checked form in ``dtype`` of a requantization of values |v| <= bound, or None where it does not
+    apply: values not exact in dtype, clip limits too wide, or no int64 form."""
+    int_form = int_requant(multiplier, shift, bias, bound, zero_point, clips, acc_limits)
+    too_wide = abs(zero_point) + max(map(abs, clips)) >= CHECKED_CLIP_LIMIT
+    if int_form is None or bound >= CHECKED_EXACT[dtype] or too_wide:
+        return None
+    multiplier, shift = np.asarray(multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+    exact_scale = multiplier * np.exp2(-shift.astype(np.float64))
+    # int_requant's shifts 1..62 and 31-bit multipliers keep every nonzero scale and product normal in float32
+    repeats = -(-TILE // multiplier.size)
+    low, high = acc_limits
+    exact = CHECKED_EXACT[dtype]
+    float_limits = (
+        dtype(zero_point),
+        dtype(clips[0]),
+        dtype(clips[1]),
+        dtype(max(low, -exact)),  # only checked when the bound (< exact) exceeds them: then exact too
+        dtype(min(high, exact)),
+        clips[0] < zero_point,
+        not (low <= -bound and bound <= high),
+    )
+    return CheckedRequant(
+        np.tile(exact_scale.astype(dtype), repeats),
+        np.tile(np.asarray(bias, dtype=dtype), repeats),
+        _checked_limits(float_limits, CHECKED_ERROR[dtype], dtype, int_form),
+        int_form,
+    )
 
 
 def int_requant(
@@ -153,7 +235,22 @@ def channels_last_rows(x: np.ndarray) -> np.ndarray | None:
     return rows.reshape(-1) if rows.flags.c_contiguous else None
 
 
-Form = FloatRequant | IntRequant
+Form = FloatRequant | CheckedRequant | IntRequant
+REQUANT_KERNELS = {
+    "float": requant.requantize_rows_float,
+    "checked": requant_checked.requantize_rows_checked,
+    "int": requant_int.requantize_rows_int,
+}
+ADD_KERNELS = {
+    "float": requant.add_requantize_rows_float,
+    "checked": requant_checked.add_requantize_rows_checked,
+    "int": requant_int.add_requantize_rows_int,
+}
+RESIDUAL_KERNELS = {
+    "float": requant.residual_rows_float,
+    "checked": requant_checked.residual_rows_checked,
+    "int": requant_int.residual_rows_int,
+}
 
 
 @dataclass
@@ -172,6 +269,11 @@ class ChannelsLastStep:
 
     def accepts(self, inputs: list[np.ndarray]) -> bool:
         return self.conv is not None or all(channels_last_rows(x) is not None for x in inputs)
+
+    def as_checked(self) -> ChannelsLastStep | None:
+        """This step with a checked form (None when it has no int64 form for the checked-out elements)."""
+        form = CheckedRequant.of(self.form, self.int_form) if self.form.kind != "int" else None
+        return None if form is None else replace(self, form=form)
 
     def as_int(self) -> ChannelsLastStep | None:
         """This step with its int64 form (None when it has none)."""
@@ -192,11 +294,9 @@ class ChannelsLastStep:
         form = self.form
         if self.conv is None:
             lhs, rhs = (channels_last_rows(x) for x in inputs)
-            kernel = requant.add_requantize_rows_float if form.kind == "float" else requant_int.add_requantize_rows_int
-            return kernel(lhs, rhs, *self.alignment, *form.coeffs, *form.limits, flat_out)
+            return ADD_KERNELS[form.kind](lhs, rhs, *self.alignment, *form.coeffs, *form.limits, flat_out)
         acc = self.conv(inputs[0]).reshape(-1)
-        kernel = requant.requantize_rows_float if form.kind == "float" else requant_int.requantize_rows_int
-        return kernel(acc, *form.coeffs, form.bias, *form.limits, flat_out)
+        return REQUANT_KERNELS[form.kind](acc, *form.coeffs, form.bias, *form.limits, flat_out)
 
 
 def add_alignment(form: Form, zero_points: tuple[int, int], multipliers: tuple[int, int]) -> tuple:
@@ -217,8 +317,9 @@ class ResidualStep:
     def of(cls, conv: ChannelsLastStep, add: ChannelsLastStep, other: str, conv_side: int) -> ResidualStep | None:
         """The fused pass; both requantizes then run in one arithmetic (int64 if either needs it), None if
         they cannot."""
-        if conv.form.kind != add.form.kind:
-            conv, add = conv.as_int(), add.as_int()
+        if conv.form.kind != add.form.kind:  # float with checked: both checked; with int64: both int64
+            checked = "int" not in (conv.form.kind, add.form.kind)
+            conv, add = (conv.as_checked(), add.as_checked()) if checked else (conv.as_int(), add.as_int())
             if conv is None or add is None:
                 return None
         lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier = add.alignment
@@ -230,8 +331,9 @@ class ResidualStep:
         """x: the convolution's input; other_rows: ``channels_last_rows`` of the other operand."""
         first, second = self.conv.form, self.add.form
         acc = self.conv.conv(x).reshape(-1)
-        kernel = requant.residual_rows_float if first.kind == "float" else requant_int.residual_rows_int
-        return kernel(
+        # the checked kernel's int64 redo of an element also takes the alignment in int64
+        int_alignment = tuple(np.int64(value) for value in self.alignment) if first.kind == "checked" else ()
+        return RESIDUAL_KERNELS[first.kind](
             acc, *first.coeffs, first.bias, *first.limits, other_rows, *self.alignment, *second.coeffs,
-            *second.limits, out.reshape(-1),
+            *second.limits, *int_alignment, out.reshape(-1),
         )  # fmt: skip

@@ -326,11 +326,11 @@ def test_networks_on_the_int8_path_equal_reference(name: str, bits: int, pow2: b
     feeds = {graph.inputs[0]: quantize_input(graph.tensors[graph.inputs[0]], inputs)}
     engine = Engine(graph)
     assert sum(isinstance(plan.conv, int8_conv.Int8Conv) for plan in engine.plans.values()) == len(engine.plans) - 1
-    # residual adds fuse too, mostly into the convolution before them: in float where exact, else in int64
-    # (LSQ's free scales: 31-bit multipliers, and adds aligned with 2**16-sized multipliers)
+    # residual adds fuse too, mostly into the convolution before them: in float32 where exact (powers of two),
+    # else checked float (LSQ's free scales: 31-bit multipliers, and adds aligned with 2**16-sized multipliers)
     assert any(step.conv is None for step in engine.channels_last.values())
     assert engine.residuals
-    assert any(step.form.kind == "int" for step in engine.channels_last.values()) == (not pow2)
+    assert {step.form.kind for step in engine.channels_last.values()} == ({"float"} if pow2 else {"checked"})
     outputs, counts = engine.run(feeds)
     expected = run_graph(graph, feeds)[graph.outputs[0]]
     np.testing.assert_array_equal(outputs[graph.outputs[0]], expected)

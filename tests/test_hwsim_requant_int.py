@@ -153,8 +153,12 @@ def test_forms_prefer_float_and_fall_back_to_int64() -> None:
     limits = (-(2**31), 2**31 - 1)
     pow2 = exact_requant(np.array([1]), np.array([9]), np.zeros(1), 2**20, 0, (0, 255), limits)
     assert pow2.kind == "float"
+    free = exact_requant(np.array([2**30 + 7]), np.array([40]), np.zeros(1), 2**23, 0, (0, 255), limits)
+    assert (free.kind, free.dtype) == ("checked", np.float32)
     free = exact_requant(np.array([2**30 + 7]), np.array([40]), np.zeros(1), 2**24, 0, (0, 255), limits)
-    assert free.kind == "int"
+    assert (free.kind, free.dtype) == ("checked", np.float64)  # values past float32's exact integers
+    wide = exact_requant(np.array([2**30 + 7]), np.array([40]), np.zeros(1), 2**24, 0, (0, 2**22), limits)
+    assert wide.kind == "int"  # clip limits past the checked forms' 2**21
     assert int_requant(np.array([3]), np.array([0]), np.zeros(1), 2**20, 0, (0, 255), limits) is None  # shift 0
     assert int_requant(np.array([2**31]), np.array([40]), np.zeros(1), 2**33, 0, (0, 255), limits) is None  # 2**64
 
@@ -163,7 +167,7 @@ def test_residual_step_of_mixed_forms_runs_both_in_int64() -> None:
     limits = (-(2**31), 2**31 - 1)
     args = (np.array([1, 3]), np.array([4, 5]), np.zeros(2), 2**12, 0, (0, 255), limits)
     float_form, int_form = exact_requant(*args), int_requant(*args)
-    add_form = exact_requant(np.array([2**30 + 1] * 2), np.array([47] * 2), np.zeros(2), 2**26, 0, (0, 255), limits)
+    add_form = exact_requant(np.array([2**30 + 1] * 2), np.array([47] * 2), np.zeros(2), 2**26, 0, (0, 2**22), limits)
     assert (float_form.kind, add_form.kind) == ("float", "int")
     alignment = add_alignment(add_form, (0, 0), (65536, 98317))
     add_step = ChannelsLastStep(add_form, (2,), np.uint8, alignment=alignment)
@@ -173,6 +177,22 @@ def test_residual_step_of_mixed_forms_runs_both_in_int64() -> None:
     step = ResidualStep.of(with_int, add_step, "other", 1)
     assert step.conv.form is int_form and step.add.form is add_form
     assert step.alignment == (np.int64(0), np.int64(0), np.int64(98317), np.int64(65536))
+
+
+def test_residual_step_of_float_and_checked_forms_runs_both_checked() -> None:
+    limits = (-(2**31), 2**31 - 1)
+    args = (np.array([1, 3]), np.array([4, 5]), np.zeros(2), 2**12, 0, (0, 255), limits)
+    float_form, int_form = exact_requant(*args), int_requant(*args)
+    add_form = exact_requant(np.array([2**30 + 1] * 2), np.array([47] * 2), np.zeros(2), 2**26, 0, (0, 255), limits)
+    assert (float_form.kind, add_form.kind) == ("float", "checked")
+    alignment = add_alignment(add_form, (0, 0), (65536, 98317))
+    add_step = ChannelsLastStep(add_form, (2,), np.uint8, alignment=alignment)
+    assert ResidualStep.of(ChannelsLastStep(float_form, (2,), np.uint8), add_step, "other", 0) is None  # no int64
+    with_int = ChannelsLastStep(float_form, (2,), np.uint8, int_form=int_form)
+    step = ResidualStep.of(with_int, add_step, "other", 1)
+    assert step.conv.form.kind == "checked" and step.add.form is add_form
+    np.testing.assert_array_equal(step.conv.form.scale, float_form.scale)  # the exact float scale, error 0
+    assert step.conv.form.limits[7] == 0
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
