@@ -168,7 +168,13 @@ def _outside(value, low, high):
 def _round_clip(value, scale, zero_point, clip_min, clip_max, low_counts):
     """(clip(rint(value * scale) + zero_point), 1 if that clipped as a saturation else 0): exact where
     value * scale is (the ``hwsim.channels_last`` bound)."""
-    q = np.rint(value * scale) + zero_point
+    return round_clip_product(value * scale, zero_point, clip_min, clip_max, low_counts)
+
+
+@njit(**SERIAL)
+def round_clip_product(product, zero_point, clip_min, clip_max, low_counts):
+    """``_round_clip`` of a product already formed (the checked kernels test it before rounding)."""
+    q = np.rint(product) + zero_point
     saturated = np.int32(q > clip_max)
     if low_counts:
         saturated = np.int32(saturated + np.int32(q < clip_min))

@@ -19,6 +19,8 @@ import numpy as np
 from numba import njit
 
 from hwsim.kernels.config import SERIAL
+from hwsim.kernels.requant import _outside
+from hwsim.kernels.requant import round_clip_product as _round_clip
 from hwsim.kernels.requant_int import _round_clip_int
 
 
@@ -27,20 +29,6 @@ def _near_half(p, error, half):
     """1 (int32) when the product p, |p - exact| <= error * |p|, may round differently from the exact value.
     half: 0.5 in p's type (a literal would widen float32 lanes to float64)."""
     return np.int32(np.abs(p - np.floor(p) - half) <= np.abs(p) * error)
-
-
-@njit(**SERIAL)
-def _round_clip(p, zero_point, clip_min, clip_max, low_counts):
-    q = np.rint(p) + zero_point
-    saturated = np.int32(q > clip_max)
-    if low_counts:
-        saturated = np.int32(saturated + np.int32(q < clip_min))
-    return min(max(q, clip_min), clip_max), saturated
-
-
-@njit(**SERIAL)
-def _outside(value, low, high):
-    return np.int32((value < low) | (value > high))
 
 
 @njit(**SERIAL)
