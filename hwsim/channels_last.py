@@ -78,13 +78,12 @@ class IntRequant:
 
 @dataclass
 class CheckedRequant:
-    """A requantization in float32 with the scale rounded, checked per element (``requant_checked``), with
-    the int64 form for the elements near a half; tiled like ``FloatRequant``."""
+    """A requantization in float32 (float64) with the scale rounded, checked per element (``requant_checked``),
+    with the int64 form for the elements near a half; tiled like ``FloatRequant``."""
 
-    scale: np.ndarray  # float32(multiplier * 2**-shift), tiled
-    bias: np.ndarray  # float32, tiled
-    limits: tuple  # FloatRequant's limits, error, 0.5 (the scale's type), the int64 form's multiplier, shift, up,
-    # zero point, clip min, clip max
+    scale: np.ndarray  # float(multiplier * 2**-shift), tiled
+    bias: np.ndarray  # in the scale's type, tiled
+    limits: tuple  # FloatRequant's limits, error, 0.5 (the scale's type), the int64 form's multiplier, shift, up
     int_form: IntRequant
     kind = "checked"
 
@@ -99,14 +98,16 @@ class CheckedRequant:
     @classmethod
     def of(cls, form: FloatRequant | CheckedRequant, int_form: IntRequant | None) -> CheckedRequant | None:
         """A float form as a checked one (error 0: only exact ties, which np.rint already rounds right, go to int64)."""
-        if form.kind == "checked" or int_form is None:
-            return form if form.kind == "checked" else None
-        dtype = form.dtype
-        return cls(form.scale, form.bias, _checked_limits(form.limits, dtype(0), dtype, int_form), int_form)
+        if form.kind == "checked":
+            return form
+        if int_form is None:
+            return None
+        return cls(form.scale, form.bias, _checked_limits(form.limits, 0.0, int_form), int_form)
 
 
-def _checked_limits(float_limits: tuple, error, dtype: type, int_form: IntRequant) -> tuple:
-    return (*float_limits, dtype(error), dtype(0.5), *int_form.coeffs, *int_form.limits[:3])
+def _checked_limits(float_limits: tuple, error: float, int_form: IntRequant) -> tuple:
+    dtype = type(float_limits[0])  # the float type of the zero point: the form's
+    return (*float_limits, dtype(error), dtype(0.5), *int_form.coeffs)
 
 
 def exact_requant(*args) -> FloatRequant | CheckedRequant | IntRequant | None:
@@ -133,25 +134,13 @@ def checked_requant(
     too_wide = abs(zero_point) + max(map(abs, clips)) >= CHECKED_CLIP_LIMIT
     if int_form is None or bound >= CHECKED_EXACT[dtype] or too_wide:
         return None
-    multiplier, shift = np.asarray(multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64)
-    exact_scale = multiplier * np.exp2(-shift.astype(np.float64))
     # int_requant's shifts 1..62 and 31-bit multipliers keep every nonzero scale and product normal in float32
-    repeats = -(-TILE // multiplier.size)
-    low, high = acc_limits
-    exact = CHECKED_EXACT[dtype]
-    float_limits = (
-        dtype(zero_point),
-        dtype(clips[0]),
-        dtype(clips[1]),
-        dtype(max(low, -exact)),  # only checked when the bound (< exact) exceeds them: then exact too
-        dtype(min(high, exact)),
-        clips[0] < zero_point,
-        not (low <= -bound and bound <= high),
-    )
+    exact_scale = _exact_scale(multiplier, shift)
+    repeats = -(-TILE // exact_scale.size)
     return CheckedRequant(
         np.tile(exact_scale.astype(dtype), repeats),
         np.tile(np.asarray(bias, dtype=dtype), repeats),
-        _checked_limits(float_limits, CHECKED_ERROR[dtype], dtype, int_form),
+        _checked_limits(_float_limits(dtype, bound, zero_point, clips, acc_limits), CHECKED_ERROR[dtype], int_form),
         int_form,
     )
 
@@ -202,28 +191,39 @@ def float_requant(
     acc_limits: tuple[int, int],
 ) -> FloatRequant | None:
     """The float32 (else float64) form of a requantization of values |v| <= bound, or None if neither is exact."""
-    multiplier, shift = np.asarray(multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+    multiplier = np.asarray(multiplier, dtype=np.int64)
     largest = bound * int(np.abs(multiplier).max(initial=0)) + abs(zero_point) + max(map(abs, clips))
     dtype = float_type(largest)
     if dtype is None or not INT32_MIN <= clips[0] <= clips[1] <= INT32_MAX:
         return None
-    exact_scale = multiplier * np.exp2(-shift.astype(np.float64))  # exact: |multiplier| < 2**53
+    exact_scale = _exact_scale(multiplier, shift)
     if not np.array_equal(exact_scale.astype(dtype).astype(np.float64), exact_scale):
         dtype = np.float64  # a scale beyond float32's exponent range
     repeats = -(-TILE // multiplier.size)
-    low, high = acc_limits
     return FloatRequant(
         np.tile(exact_scale.astype(dtype), repeats),
         np.tile(np.asarray(bias, dtype=dtype), repeats),
-        (
-            dtype(zero_point),
-            dtype(clips[0]),
-            dtype(clips[1]),
-            dtype(max(low, -FLOAT64_EXACT)),
-            dtype(min(high, FLOAT64_EXACT)),
-            clips[0] < zero_point,  # clipping at clip_min counts as a saturation (not a fused ReLU's zero)
-            not (low <= -bound and bound <= high),  # overflow possible: check it
-        ),
+        _float_limits(dtype, bound, zero_point, clips, acc_limits),
+    )
+
+
+def _exact_scale(multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """multiplier * 2**-shift in float64, exact: |multiplier| < 2**53."""
+    return np.asarray(multiplier, dtype=np.int64) * np.exp2(-np.asarray(shift, dtype=np.float64))
+
+
+def _float_limits(dtype: type, bound: int, zero_point: int, clips: tuple[int, int], acc_limits: tuple[int, int]):
+    """The float kernels' limits: (zero point, clip min, clip max, accumulator min, max, low_counts, check_overflow).
+    The accumulator limits are only read when the bound exceeds them, and then they are exact in dtype."""
+    low, high = acc_limits
+    return (
+        dtype(zero_point),
+        dtype(clips[0]),
+        dtype(clips[1]),
+        dtype(max(low, -FLOAT64_EXACT)),
+        dtype(min(high, FLOAT64_EXACT)),
+        clips[0] < zero_point,  # clipping at clip_min counts as a saturation (not a fused ReLU's zero)
+        not (low <= -bound and bound <= high),  # overflow possible: check it
     )
 
 
@@ -331,9 +331,7 @@ class ResidualStep:
         """x: the convolution's input; other_rows: ``channels_last_rows`` of the other operand."""
         first, second = self.conv.form, self.add.form
         acc = self.conv.conv(x).reshape(-1)
-        # the checked kernel's int64 redo of an element also takes the alignment in int64
-        int_alignment = tuple(np.int64(value) for value in self.alignment) if first.kind == "checked" else ()
         return RESIDUAL_KERNELS[first.kind](
             acc, *first.coeffs, first.bias, *first.limits, other_rows, *self.alignment, *second.coeffs,
-            *second.limits, *int_alignment, out.reshape(-1),
+            *second.limits, out.reshape(-1),
         )  # fmt: skip

@@ -177,11 +177,10 @@ def test_checked_residual_kernel_equals_int64_kernel(
         stored, *exact.conv.form.coeffs, exact.conv.form.bias, *exact.conv.form.limits, other.reshape(-1),
         *exact.alignment, *exact.add.form.coeffs, *exact.add.form.limits, expected,
     )  # fmt: skip
-    int_alignment = tuple(np.int64(value) for value in checked.alignment)
     got = np.empty(acc.size, dtype=np.int32)
     counts = requant_checked.residual_rows_checked(
         stored, *checked.conv.form.coeffs, checked.conv.form.bias, *checked.conv.form.limits, other.reshape(-1),
-        *checked.alignment, *checked.add.form.coeffs, *checked.add.form.limits, *int_alignment, got,
+        *checked.alignment, *checked.add.form.coeffs, *checked.add.form.limits, got,
     )  # fmt: skip
     np.testing.assert_array_equal(got, expected)
     assert counts == expected_counts
