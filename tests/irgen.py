@@ -580,3 +580,16 @@ def cnn_graphs(draw, formats: tuple[str, ...] = FORMAT_NAMES, pow2: bool | None 
     out_dtype, out_zp = draw(quantized_types(4, 8))
     graph.outputs.append(requantize(acc, n_out, (-1, n_out), out_dtype, QuantInfo(draw(float32_scales()), out_zp)))
     return graph
+
+
+def add_operands(lhs_type, rhs_type, multipliers, shape, rng: np.random.Generator):
+    """Random operands of an add of two (IntType, zero point) pairs, and the largest |aligned sum|
+    (lhs - zero) * multipliers[0] + (rhs - zero) * multipliers[1] their types allow."""
+    (lhs_dtype, _), (rhs_dtype, _) = lhs_type, rhs_type
+    lhs = rng.integers(lhs_dtype.min, lhs_dtype.max, size=shape, endpoint=True)
+    rhs = rng.integers(rhs_dtype.min, rhs_dtype.max, size=shape, endpoint=True)
+    bound = sum(
+        max(abs(t.min - z), abs(t.max - z)) * abs(m)
+        for (t, z), m in zip((lhs_type, rhs_type), multipliers, strict=True)
+    )
+    return lhs, rhs, bound

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from irgen import quantized_types
+from irgen import add_operands, quantized_types
 from modelgen import zoo_graph
 
 from hwsim import float_conv, int8_conv
@@ -250,13 +250,8 @@ def test_float_add_requant_equals_integer_rule(lhs_type, rhs_type, multipliers, 
     _, _, multiplier, shift, _, zero_point, clips, acc_bits = case
     rows, channels = 7, multiplier.size
     rng = np.random.default_rng(int(multiplier.sum()))
-    (lhs_dtype, lhs_zero), (rhs_dtype, rhs_zero) = lhs_type, rhs_type
-    lhs = rng.integers(lhs_dtype.min, lhs_dtype.max, size=(rows, channels), endpoint=True)
-    rhs = rng.integers(rhs_dtype.min, rhs_dtype.max, size=(rows, channels), endpoint=True)
-    bound = sum(
-        max(abs(t.min - z), abs(t.max - z)) * abs(m)
-        for (t, z), m in zip((lhs_type, rhs_type), multipliers, strict=True)
-    )
+    (_, lhs_zero), (_, rhs_zero) = lhs_type, rhs_type
+    lhs, rhs, bound = add_operands(lhs_type, rhs_type, multipliers, (rows, channels), rng)
     acc_limits = (-(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1)
     form = float_requant(multiplier, shift, np.zeros(channels, np.int64), bound, zero_point, clips, acc_limits)
     assume(form is not None)

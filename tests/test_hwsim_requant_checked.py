@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from irgen import quantized_types
+from irgen import add_operands, quantized_types
 from test_hwsim_requant_int import _limits, _with_ties, int_cases
 
 from hwsim.channels_last import ChannelsLastStep, ResidualStep, add_alignment, checked_requant, int_requant
@@ -94,13 +94,8 @@ def test_checked_add_requant_equals_int64_kernel(lhs_type, rhs_type, multipliers
     _, _, _, multiplier, shift, _, zero_point, clips, acc_bits = case
     rows, channels = 9, multiplier.size
     rng = np.random.default_rng(int(np.abs(multiplier).sum()) % 2**32)
-    (lhs_dtype, lhs_zero), (rhs_dtype, rhs_zero) = lhs_type, rhs_type
-    lhs = rng.integers(lhs_dtype.min, lhs_dtype.max, size=(rows, channels), endpoint=True)
-    rhs = rng.integers(rhs_dtype.min, rhs_dtype.max, size=(rows, channels), endpoint=True)
-    bound = sum(
-        max(abs(t.min - z), abs(t.max - z)) * abs(m)
-        for (t, z), m in zip((lhs_type, rhs_type), multipliers, strict=True)
-    )
+    (_, lhs_zero), (_, rhs_zero) = lhs_type, rhs_type
+    lhs, rhs, bound = add_operands(lhs_type, rhs_type, multipliers, (rows, channels), rng)
     value = (lhs - lhs_zero) * multipliers[0] + (rhs - rhs_zero) * multipliers[1]
     if near_ties:  # the scales that put row 0's sums next to halves
         multiplier, shift = near_tie_scales(value[0], rng)

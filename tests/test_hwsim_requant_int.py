@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from irgen import cnn_graphs, quantized_types
+from irgen import add_operands, cnn_graphs, quantized_types
 
 from hwsim.channels_last import ChannelsLastStep, ResidualStep, add_alignment, exact_requant, int_requant
 from hwsim.engine import Engine
@@ -91,13 +91,8 @@ def test_int_add_requant_equals_integer_rule(lhs_type, rhs_type, multipliers, ca
     _, _, _, multiplier, shift, _, zero_point, clips, acc_bits = case
     rows, channels = 9, multiplier.size
     rng = np.random.default_rng(int(np.abs(multiplier).sum()) % 2**32)
-    (lhs_dtype, lhs_zero), (rhs_dtype, rhs_zero) = lhs_type, rhs_type
-    lhs = rng.integers(lhs_dtype.min, lhs_dtype.max, size=(rows, channels), endpoint=True)
-    rhs = rng.integers(rhs_dtype.min, rhs_dtype.max, size=(rows, channels), endpoint=True)
-    bound = sum(
-        max(abs(t.min - z), abs(t.max - z)) * abs(m)
-        for (t, z), m in zip((lhs_type, rhs_type), multipliers, strict=True)
-    )
+    (_, lhs_zero), (_, rhs_zero) = lhs_type, rhs_type
+    lhs, rhs, bound = add_operands(lhs_type, rhs_type, multipliers, (rows, channels), rng)
     form = int_requant(multiplier, shift, np.zeros(channels, np.int64), bound, zero_point, clips, _limits(acc_bits))
     assume(form is not None)
     value = (lhs - lhs_zero) * multipliers[0] + (rhs - rhs_zero) * multipliers[1]
