@@ -2,18 +2,17 @@
  * no shift of a negative value, no signed overflow (the exporter proves the accumulator bounds). */
 #include "qx_runtime.h"
 
+#include <string.h>
+
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
 #include <immintrin.h>
-#include <string.h>
 #define QX_VNNI512 1 /* 16 int32 lanes per vpdpbusd: one block of outputs per register */
 #elif defined(__AVXVNNI__)
 #include <immintrin.h>
-#include <string.h>
 #define QX_VNNI256 1 /* 8 int32 lanes per vpdpbusd (AVX-VNNI): two registers per block */
 #endif
 #if defined(__SSE2__)
 #include <emmintrin.h>
-#include <string.h>
 #endif
 
 static uint32_t qx_field(const uint8_t *bytes, uint32_t pos, uint32_t n)
