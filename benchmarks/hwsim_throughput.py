@@ -209,8 +209,9 @@ def main() -> None:
         "batch, single-threaded, so no layer waits at a barrier; convolutions run on oneDNN's int8 kernels",
         "with float32 accumulators (exact below 2**24, proven per layer); each requantize, and each residual",
         "add with its requantize, is fused into the convolution before it and runs channels-last in float",
-        "where the product bound proves float exact (power-of-two scales), else in vectorized int64 (free",
-        "scales: 31-bit multipliers), both the IR's integer rule bit for bit, counting saturations on the way.",
+        "where the product bound proves float exact (power-of-two scales), else in a checked float form (free",
+        "scales: elements within the float error of a rounding half are redone in int64), both the IR's",
+        "integer rule bit for bit, counting saturations on the way.",
     ]
     body = "\n".join(lines)
     print(body)
