@@ -5,7 +5,9 @@
 One worker thread (the share of a batch-64 run on two cores is 32 images). Prints the slowest
 steps (each fused convolution + requantize, each fused residual, each other node, timed by wrapping
 the engine's step methods), then images/s at batch 1-32 on one thread: the difference shows the
-fixed cost per run (oneDNN calls, Python dispatch). Numbers for docs/hwsim.md#performance.
+fixed cost per run (oneDNN calls, Python dispatch). With --convs, each oneDNN convolution alone on a
+channels-last uint8 input of that shape (no layout pass), summed by kind (1x1, depthwise, other).
+Numbers for docs/hwsim.md#performance.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--free", action="store_true", help="free (LSQ) scales instead of powers of two")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--convs", action="store_true", help="also time each oneDNN convolution alone")
     args = parser.parse_args()
     config = QuantConfig(weight_bits=args.bits, act_bits=args.bits, pow2_scales=not args.free)
     _, graph, _ = zoo_graph(args.model, config)
@@ -85,6 +88,41 @@ def main() -> None:
         for _ in range(runs):
             plain.run(feeds)
         print(f"batch {batch:3d}: {batch * runs / (time.perf_counter() - start):7,.0f} img/s on one thread")
+    if args.convs:
+        print_conv_times(graph, plain, args.batch, args.runs)
+
+
+def conv_kind(weight_shape: tuple[int, ...], groups: int) -> str:
+    if groups > 1:
+        return "depthwise/grouped"
+    return "1x1" if weight_shape[-2:] == (1, 1) else "other"
+
+
+def print_conv_times(graph, engine: Engine, batch: int, runs: int) -> None:
+    """Each oneDNN convolution of ``engine`` alone, input already channels-last uint8 (its fast path)."""
+    nodes = {node.name: node for node in graph.nodes}
+    rows = []
+    for name, plan in engine.plans.items():
+        conv = getattr(plan, "conv", None)
+        if conv is None:
+            continue
+        node = nodes[name]
+        channels, height, width = graph.tensors[node.inputs[0]].shape[1:]
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 100, size=(batch, height, width, channels)).astype(np.uint8).transpose(0, 3, 1, 2)
+        conv(x)
+        start = time.perf_counter()
+        for _ in range(runs):
+            conv(x)
+        weight_shape = tuple(graph.weights[node.attrs["weight"]].shape)
+        rows.append(((time.perf_counter() - start) / runs, name, weight_shape, node.attrs.get("groups", 1)))
+    by_kind: dict[str, float] = collections.defaultdict(float)
+    for seconds, _, weight_shape, groups in rows:
+        by_kind[conv_kind(weight_shape, groups)] += seconds
+    kinds = ", ".join(f"{kind} {seconds * 1e3:.2f} ms" for kind, seconds in by_kind.items())
+    print(f"oneDNN alone, {len(rows)} convolutions, batch {batch}: {sum(r[0] for r in rows) * 1e3:.2f} ms ({kinds})")
+    for seconds, name, weight_shape, groups in sorted(rows, reverse=True)[:8]:
+        print(f"  {seconds * 1e3:7.3f} ms  {name}  weight {weight_shape}  groups {groups}")
 
 
 if __name__ == "__main__":
