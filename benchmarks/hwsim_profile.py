@@ -6,7 +6,8 @@ One worker thread (the share of a batch-64 run on two cores is 32 images). Print
 steps (each fused convolution + requantize, each fused residual, each other node, timed by wrapping
 the engine's step methods), then images/s at batch 1-32 on one thread: the difference shows the
 fixed cost per run (oneDNN calls, Python dispatch). With --convs, each oneDNN convolution alone on a
-channels-last uint8 input of that shape (no layout pass), summed by kind (1x1, depthwise, other).
+channels-last uint8 input of that shape, summed by kind (1x1, depthwise, other); a layer whose input
+needs an offset into uint8 is timed with that conversion pass, as the engine runs it (marked).
 Numbers for docs/hwsim.md#performance.
 """
 
@@ -99,8 +100,9 @@ def conv_kind(weight_shape: tuple[int, ...], groups: int) -> str:
 
 
 def print_conv_times(graph, engine: Engine, batch: int, runs: int) -> None:
-    """Each oneDNN convolution of ``engine`` alone, input already channels-last uint8 (its fast path)."""
+    """Each oneDNN convolution of ``engine`` alone on channels-last uint8 input (offset layers: plus their pass)."""
     nodes = {node.name: node for node in graph.nodes}
+    rng = np.random.default_rng(0)
     rows = []
     for name, plan in engine.plans.items():
         conv = getattr(plan, "conv", None)
@@ -108,21 +110,25 @@ def print_conv_times(graph, engine: Engine, batch: int, runs: int) -> None:
             continue
         node = nodes[name]
         channels, height, width = graph.tensors[node.inputs[0]].shape[1:]
-        rng = np.random.default_rng(0)
         x = rng.integers(0, 100, size=(batch, height, width, channels)).astype(np.uint8).transpose(0, 3, 1, 2)
         conv(x)
         start = time.perf_counter()
         for _ in range(runs):
             conv(x)
         weight_shape = tuple(graph.weights[node.attrs["weight"]].shape)
-        rows.append(((time.perf_counter() - start) / runs, name, weight_shape, node.attrs.get("groups", 1)))
+        seconds = (time.perf_counter() - start) / runs
+        label = f"{name} (+offset pass)" if conv.offset else name
+        rows.append((seconds, label, weight_shape, node.attrs.get("groups", 1)))
     by_kind: dict[str, float] = collections.defaultdict(float)
     for seconds, _, weight_shape, groups in rows:
         by_kind[conv_kind(weight_shape, groups)] += seconds
     kinds = ", ".join(f"{kind} {seconds * 1e3:.2f} ms" for kind, seconds in by_kind.items())
-    print(f"oneDNN alone, {len(rows)} convolutions, batch {batch}: {sum(r[0] for r in rows) * 1e3:.2f} ms ({kinds})")
-    for seconds, name, weight_shape, groups in sorted(rows, reverse=True)[:8]:
-        print(f"  {seconds * 1e3:7.3f} ms  {name}  weight {weight_shape}  groups {groups}")
+    offsets = sum(label.endswith("(+offset pass)") for _, label, _, _ in rows)
+    total = sum(r[0] for r in rows) * 1e3
+    print(f"oneDNN alone, {len(rows)} convolutions ({offsets} with an offset pass), batch {batch}: ", end="")
+    print(f"{total:.2f} ms ({kinds})")
+    for seconds, label, weight_shape, groups in sorted(rows, reverse=True)[:8]:
+        print(f"  {seconds * 1e3:7.3f} ms  {label}  weight {weight_shape}  groups {groups}")
 
 
 if __name__ == "__main__":
