@@ -25,6 +25,7 @@ from hwsim.exact import FLOAT32_EXACT, FLOAT64_EXACT, float_type
 from hwsim.float_conv import FloatConv
 from hwsim.int8_conv import Int8Conv
 from hwsim.kernels import requant, requant_checked, requant_int
+from hwsim.native_conv import NativeConv
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the kernels convert clipped results through int32
 INT64_LIMIT = 2**63
@@ -263,12 +264,19 @@ class ChannelsLastStep:
     conv: Int8Conv | FloatConv | None = None
     alignment: tuple = ()  # add: (lhs zero point, rhs zero point, lhs multiplier, rhs multiplier) in the form's type
     int_form: IntRequant | None = None  # the int64 form too, when ``form`` is a float one (for ResidualStep)
+    native: NativeConv | None = None  # runs the convolution and its requantize in one C pass instead of ``conv``
 
     def out_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, *self.spatial_channels)
 
     def accepts(self, inputs: list[np.ndarray]) -> bool:
         return self.conv is not None or all(channels_last_rows(x) is not None for x in inputs)
+
+    def integer_form(self) -> IntRequant | None:
+        """The int64 form of this step's requantize (None when it has none)."""
+        if self.form.kind == "int":
+            return self.form
+        return self.form.int_form if self.form.kind == "checked" else self.int_form
 
     def as_checked(self) -> ChannelsLastStep | None:
         """This step with a checked form (None when it has no int64 form for the checked-out elements)."""
@@ -295,6 +303,8 @@ class ChannelsLastStep:
         if self.conv is None:
             lhs, rhs = (channels_last_rows(x) for x in inputs)
             return ADD_KERNELS[form.kind](lhs, rhs, *self.alignment, *form.coeffs, *form.limits, flat_out)
+        if self.native is not None:
+            return self.native.requantize_into(inputs[0], form, self.integer_form(), out)
         acc = self.conv(inputs[0]).reshape(-1)
         return REQUANT_KERNELS[form.kind](acc, *form.coeffs, form.bias, *form.limits, flat_out)
 

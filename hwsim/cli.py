@@ -137,7 +137,11 @@ def run(
     codebook_style: Annotated[str, typer.Option(help="codebook MACs: lut or per_level")] = "lut",
     threads: Annotated[int | None, typer.Option(min=1, max=1024, help="worker threads (default: all cores)")] = None,
     conv: Annotated[
-        str, typer.Option(help="fast mode convolutions: auto (oneDNN int8, then float conv, then BLAS), float, blas")
+        str,
+        typer.Option(
+            help="fast mode convolutions: auto (C kernels for 1x1/depthwise, else oneDNN int8, float conv, BLAS), "
+            "onednn, float, blas"
+        ),
     ] = "auto",
 ) -> None:
     """Execute the integer network bit-accurately and report cycles, memory, ops and energy."""

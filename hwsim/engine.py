@@ -52,6 +52,7 @@ from hwsim.kernels import mac, pool, requant
 from hwsim.kernels.config import set_threads
 from hwsim.kernels.im2col import im2col
 from hwsim.memory import retain_freed_memory
+from hwsim.native_conv import native_fits, plan_native_conv
 from hwsim.weights import MacWeights, decode, product_lut, sqrt2_lut
 from qexport.errors import QExportError
 from qexport.ir.checker import check_graph
@@ -88,7 +89,7 @@ def _gemm_pool() -> ThreadPoolExecutor:
     return _POOL[0]
 
 
-CONV_PATHS = ("auto", "float", "blas")
+CONV_PATHS = ("auto", "onednn", "float", "blas")
 STORAGE_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)
 
 
@@ -153,9 +154,10 @@ class Engine:
         threads: int | None = None,
         conv: str = "auto",
     ):
-        """``conv`` (fast mode): ``auto`` runs convolutions on oneDNN's int8 kernels where exact, else as
-        one exact float convolution, else as BLAS GEMMs; ``float`` skips the int8 kernels, ``blas``
-        both torch paths."""
+        """``conv`` (fast mode): ``auto`` runs 1x1 and depthwise convolutions with their requantize on hwsim's
+        C kernels (``hwsim.native_conv``) where they apply, the others on oneDNN's int8 kernels where exact,
+        else as one exact float convolution, else as BLAS GEMMs; ``onednn`` skips the C kernels, ``float``
+        the int8 kernels too, ``blas`` both torch paths."""
         if mode not in ("fast", "faithful"):
             raise QExportError(f"hwsim: unknown mode {mode!r} (fast, faithful)")
         if codebook_style not in ("lut", "per_level"):
@@ -204,7 +206,11 @@ class Engine:
                     step = ChannelsLastStep(form, *layout, alignment=alignment, int_form=int_form)
                     self.channels_last[node.name] = step
                 elif form is not None and plan.conv is not None:
-                    self.channels_last[node.name] = ChannelsLastStep(form, *layout, conv=plan.conv, int_form=int_form)
+                    step = ChannelsLastStep(form, *layout, conv=plan.conv, int_form=int_form)
+                    native = self.conv == "auto" and isinstance(plan.conv, Int8Conv)
+                    if native and native_fits(step.form, step.integer_form()):
+                        step.native = plan_native_conv(plan.conv)
+                    self.channels_last[node.name] = step
                 elif plan is not None and plan.conv is not None:
                     continue  # its accumulators then take the unfused integer path
                 fused[node.name] = consumers[0]
@@ -224,6 +230,8 @@ class Engine:
             consumers = self.graph.consumers(tensor)
             if conv_step is None or conv_step.conv is None or len(consumers) != 1 or tensor in self.graph.outputs:
                 continue
+            if conv_step.native is not None:
+                continue  # its requantized output is already written in one pass; the add reads it
             add = consumers[0]
             add_step = self.channels_last.get(add.name)
             if add_step is None or add.op is not Op.ADD or add.inputs[0] == add.inputs[1]:
@@ -360,7 +368,7 @@ class Engine:
         zero_point = plan.zero_point
         size = tuple(info.shape[2:])
         geometry = (node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"], plan.groups, size)
-        if self.conv == "auto" and plan.mac.integer is not None:
+        if self.conv in ("auto", "onednn") and plan.mac.integer is not None:
             integer = plan.mac.integer.reshape(shape)
             plan.conv = plan_int8_conv(integer, info.dtype.min, info.dtype.max, zero_point, *geometry)
         if self.conv != "blas" and plan.conv is None and terms is not None:

@@ -12,6 +12,7 @@ from qexport.reference import run_graph
 
 HWSIM_MODES = (  # check name -> Engine keyword arguments
     ("fast/auto", {"mode": "fast", "conv": "auto"}),
+    ("fast/onednn", {"mode": "fast", "conv": "onednn"}),
     ("fast/float", {"mode": "fast", "conv": "float"}),
     ("fast/blas", {"mode": "fast", "conv": "blas"}),
     ("faithful", {"mode": "faithful"}),

@@ -1,0 +1,589 @@
+/* hwsim native kernels: exact uint8 x int8 convolutions whose requantize runs in their epilogue, so
+ * no accumulator ever reaches memory (hwsim/native_conv.py drives them through ctypes).
+ *
+ * Dense convolutions (groups 1) read a padded channels-last uint8 input [N, Hp, Wp, Cp] (Cp a multiple
+ * of 4, padding and extra channels at the zero point) and weights packed as [O/16][kh][kw][Cp/4][16][4]
+ * (the vpdpbusd shape: 16 int32 lanes, 4 consecutive input channels each). Sums are int32: the caller
+ * proves 255 * sum|w| < 2**31. Depthwise convolutions (one input and one output channel per group) read
+ * the unpadded input and skip taps outside it (they add (zp - zp) * w = 0).
+ *
+ * The epilogue is the IR's integer rule in int64 for every scale, bit for bit:
+ * v = centred sum + bias; q = ((v*m + 2**(s-1) - 1 + ((v*m >> s) & 1)) >> s) + zero point, clipped,
+ * counting saturations (above clip max; below clip min when low_counts) and accumulator overflows
+ * (v outside [acc_min, acc_max], when check_overflow), as hwsim.kernels.requant_int does. The caller
+ * proves |v*m| + 2**s < 2**63.
+ *
+ * Each kernel exists twice: for AVX-512 VNNI (function target attributes, chosen at run time) and in
+ * portable C. qc_variant() says which ones this CPU runs. */
+#include <stdint.h>
+#include <math.h>
+#include <string.h>
+
+#define QC_MAX_P 8 /* output pixels per register tile */
+#define QC_MAX_B 3 /* blocks of 16 output channels per register tile (8 x 3 = 24 accumulators) */
+#define QC_DW_CHUNK 256 /* depthwise: channels per accumulator chunk */
+#define QC_DW_TAPS 25   /* padded depthwise (AVX-512): taps held in registers, kernels up to 5 x 5 */
+
+typedef struct {
+    int64_t n, hp, wp, cp;          /* input: batch, padded height/width, channels (dense: multiple of 4) */
+    int64_t o, kh, kw, sh, sw, dh, dw; /* output channels, kernel, stride, dilation */
+    int64_t oh, ow;                 /* output size */
+    int64_t pad_top, pad_left;      /* depthwise only: the input is unpadded */
+} qc_geometry;
+
+typedef struct {
+    const int32_t *correction; /* per output channel: zero point * sum(w) (dense; 0 for depthwise) */
+    const int64_t *bias;       /* int64 rule: per output channel */
+    const int64_t *multiplier, *shift, *up; /* int64 rule: shift 1..62, up = 2**(shift - 1) - 1 */
+    const float *scale_f, *bias_f;          /* float rules: multiplier * 2**-shift (rounded when checked), bias */
+    int64_t zero_point, clip_min, clip_max, acc_min, acc_max;
+    int64_t low_counts, check_overflow;
+    int64_t rule;     /* 0 int64; 1 float32, proven exact; 2 float32 checked against the nearest half */
+    float error;      /* checked: |p - exact| <= error * |p| */
+    int64_t out_kind; /* 0 uint8, 1 int8, 2 int16, 3 int32 */
+} qc_epilogue;
+
+/* The int64 rule for one centred sum (+ bias): (clipped result, saturated?). */
+static inline int64_t qc_rule_int(int64_t v, int64_t c, const qc_epilogue *e, int64_t *saturated) {
+    const int64_t p = v * e->multiplier[c], s = e->shift[c];
+    const int64_t r = ((p + e->up[c] + ((p >> s) & 1)) >> s) + e->zero_point;
+    *saturated = (r > e->clip_max) + e->low_counts * (r < e->clip_min);
+    return r < e->clip_min ? e->clip_min : (r > e->clip_max ? e->clip_max : r);
+}
+
+#define QC_WIDEST (QC_MAX_B * 16 > QC_DW_CHUNK ? QC_MAX_B * 16 : QC_DW_CHUNK)
+
+/* Requantize `width` sums of output channels c0.. into out[at..]; counts[0] += saturations,
+ * counts[1] += overflows. Float rules: each sum is exact in float32 (the caller's bound), so is
+ * p = v * scale for rule 1 (np.rint's half to even is then the integer rule); rule 2 redoes in int64
+ * every element whose p lies within the error of a half, as hwsim.kernels.requant_checked does. */
+__attribute__((always_inline)) static inline void qc_requantize(const int32_t *acc, int64_t width, int64_t c0,
+                                                                const qc_epilogue *e, int64_t at, void *out,
+                                                                int64_t *counts) {
+    int32_t q[QC_WIDEST];
+    int64_t saturated = 0, overflowed = 0;
+    const int32_t *correction = e->correction + c0;
+    if (e->rule == 0) {
+        for (int64_t i = 0; i < width; i++) {
+            const int64_t v = (int64_t)(acc[i] - correction[i]) + e->bias[c0 + i];
+            overflowed += (v < e->acc_min) | (v > e->acc_max);
+            int64_t sat;
+            q[i] = (int32_t)qc_rule_int(v, c0 + i, e, &sat);
+            saturated += sat;
+        }
+    } else {
+        const float *scale = e->scale_f + c0, *bias = e->bias_f + c0;
+        const float zero = (float)e->zero_point, low = (float)e->clip_min, high = (float)e->clip_max;
+        const float acc_low = (float)e->acc_min, acc_high = (float)e->acc_max, error = e->error;
+        const int32_t low_counts = (int32_t)e->low_counts;
+        int32_t sat32 = 0, over32 = 0, near = 0;
+        for (int64_t i = 0; i < width; i++) {
+            const float v = (float)(acc[i] - correction[i]) + bias[i];
+            over32 += (v < acc_low) | (v > acc_high);
+            const float p = v * scale[i];
+            near |= fabsf(p - floorf(p) - 0.5f) <= fabsf(p) * error;
+            float r = rintf(p) + zero;
+            sat32 += (r > high) + low_counts * (r < low);
+            r = r < low ? low : r;
+            q[i] = (int32_t)(r > high ? high : r);
+        }
+        saturated = sat32, overflowed = over32;
+        if (e->rule == 2 && near) {
+            for (int64_t i = 0; i < width; i++) {
+                const float v = (float)(acc[i] - correction[i]) + bias[i];
+                const float p = v * scale[i];
+                if (!(fabsf(p - floorf(p) - 0.5f) <= fabsf(p) * error)) continue;
+                const float r = rintf(p) + zero;
+                saturated -= (r > high) + low_counts * (r < low);
+                int64_t sat;
+                q[i] = (int32_t)qc_rule_int((int64_t)v, c0 + i, e, &sat);
+                saturated += sat;
+            }
+        }
+    }
+    switch (e->out_kind) {
+    case 0: for (int64_t i = 0; i < width; i++) ((uint8_t *)out)[at + i] = (uint8_t)q[i]; break;
+    case 1: for (int64_t i = 0; i < width; i++) ((int8_t *)out)[at + i] = (int8_t)q[i]; break;
+    case 2: for (int64_t i = 0; i < width; i++) ((int16_t *)out)[at + i] = (int16_t)q[i]; break;
+    default: memcpy((int32_t *)out + at, q, (size_t)width * sizeof q[0]); break;
+    }
+    counts[0] += saturated;
+    counts[1] += e->check_overflow ? overflowed : 0;
+}
+
+static inline int32_t qc_bytes4(const uint8_t *a) {
+    int32_t v;
+    memcpy(&v, a, sizeof v); /* four activation bytes as one lane (little-endian, as vpdpbusd reads them) */
+    return v;
+}
+
+/* ---- portable C ---------------------------------------------------------------------------- */
+
+/* One output pixel, all output channels: sums into acc[o]. */
+static void qc_dense_pixel(const uint8_t *pix, const int8_t *w, const qc_geometry *g, int32_t *acc) {
+    const int64_t groups4 = g->cp / 4, block_stride = g->kh * g->kw * groups4 * 64;
+    for (int64_t c = 0; c < g->o; c++) {
+        const int8_t *wb = w + (c / 16) * block_stride + (c % 16) * 4;
+        int32_t sum = 0;
+        for (int64_t u = 0; u < g->kh; u++)
+            for (int64_t v = 0; v < g->kw; v++) {
+                const uint8_t *a = pix + (u * g->dh * g->wp + v * g->dw) * g->cp;
+                const int8_t *wt = wb + (u * g->kw + v) * groups4 * 64;
+                for (int64_t k = 0; k < groups4; k++)
+                    for (int j = 0; j < 4; j++) sum += (int32_t)a[4 * k + j] * (int32_t)wt[64 * k + j];
+            }
+        acc[c] = sum;
+    }
+}
+
+static void qc_dense_portable(const uint8_t *x, const int8_t *w, const qc_geometry *g, const qc_epilogue *e,
+                              void *out, int64_t *counts, int32_t *acc) {
+    for (int64_t n = 0; n < g->n; n++)
+        for (int64_t oy = 0; oy < g->oh; oy++)
+            for (int64_t ox = 0; ox < g->ow; ox++) {
+                const uint8_t *pix = x + ((n * g->hp + oy * g->sh) * g->wp + ox * g->sw) * g->cp;
+                qc_dense_pixel(pix, w, g, acc);
+                for (int64_t c0 = 0; c0 < g->o; c0 += QC_DW_CHUNK) {
+                    const int64_t width = g->o - c0 < QC_DW_CHUNK ? g->o - c0 : QC_DW_CHUNK;
+                    qc_requantize(acc + c0, width, c0, e, ((n * g->oh + oy) * g->ow + ox) * g->o + c0, out, counts);
+                }
+            }
+}
+
+/* Depthwise body: centred int16 values times int16 weights [kh * kw][C], summed in int32 per chunk. */
+__attribute__((always_inline)) static inline void qc_depthwise_body(const uint8_t *x, int64_t zero_u8,
+                                                                    const int16_t *w, const qc_geometry *g,
+                                                                    const qc_epilogue *e, void *out,
+                                                                    int64_t *counts) {
+    const int64_t C = g->o, H = g->hp, W = g->wp;
+    int32_t acc[QC_DW_CHUNK];
+    for (int64_t n = 0; n < g->n; n++)
+        for (int64_t oy = 0; oy < g->oh; oy++)
+            for (int64_t ox = 0; ox < g->ow; ox++)
+                for (int64_t c0 = 0; c0 < C; c0 += QC_DW_CHUNK) {
+                    const int64_t width = C - c0 < QC_DW_CHUNK ? C - c0 : QC_DW_CHUNK;
+                    for (int64_t i = 0; i < width; i++) acc[i] = 0;
+                    for (int64_t u = 0; u < g->kh; u++) {
+                        const int64_t iy = oy * g->sh - g->pad_top + u * g->dh;
+                        if (iy < 0 || iy >= H) continue;
+                        for (int64_t v = 0; v < g->kw; v++) {
+                            const int64_t ix = ox * g->sw - g->pad_left + v * g->dw;
+                            if (ix < 0 || ix >= W) continue;
+                            const uint8_t *a = x + ((n * H + iy) * W + ix) * C + c0;
+                            const int16_t *wt = w + (u * g->kw + v) * C + c0;
+                            for (int64_t i = 0; i < width; i++)
+                                acc[i] += (int32_t)(int16_t)((int16_t)a[i] - (int16_t)zero_u8) * (int32_t)wt[i];
+                        }
+                    }
+                    qc_requantize(acc, width, c0, e, ((n * g->oh + oy) * g->ow + ox) * C + c0, out, counts);
+                }
+}
+
+static void qc_depthwise_portable(const uint8_t *x, int64_t zero_u8, const int16_t *w, const qc_geometry *g,
+                                  const qc_epilogue *e, void *out, int64_t *counts) {
+    qc_depthwise_body(x, zero_u8, w, g, e, out, counts);
+}
+
+/* ---- AVX-512 VNNI ---------------------------------------------------------------------------- */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define QC_HAVE_X86 1
+#define QC_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+
+/* P pixels x B blocks of 16 channels, every tap and input channel: int32 sums into acc[p][QC_MAX_B * 16]. */
+#define QC_TILE512(P, B)                                                                                      \
+    QC_AVX512 static void qc_tile512_##P##_##B(const uint8_t *const *pix, const int8_t *w,                     \
+                                               int64_t block_stride, const qc_geometry *g, int32_t *acc) {      \
+        __m512i s[P][B];                                                                                      \
+        for (int p = 0; p < P; p++)                                                                           \
+            for (int b = 0; b < B; b++) s[p][b] = _mm512_setzero_si512();                                     \
+        const int64_t groups4 = g->cp / 4;                                                                    \
+        for (int64_t u = 0; u < g->kh; u++)                                                                   \
+            for (int64_t v = 0; v < g->kw; v++) {                                                             \
+                const int64_t at = (u * g->dh * g->wp + v * g->dw) * g->cp;                                   \
+                const int8_t *wt = w + (u * g->kw + v) * groups4 * 64;                                        \
+                for (int64_t k = 0; k < groups4; k++) {                                                       \
+                    __m512i wv[B];                                                                            \
+                    for (int b = 0; b < B; b++) wv[b] = _mm512_loadu_si512(wt + b * block_stride + k * 64);   \
+                    for (int p = 0; p < P; p++) {                                                             \
+                        const __m512i a = _mm512_set1_epi32(qc_bytes4(pix[p] + at + 4 * k));                  \
+                        for (int b = 0; b < B; b++) s[p][b] = _mm512_dpbusd_epi32(s[p][b], a, wv[b]);         \
+                    }                                                                                         \
+                }                                                                                             \
+            }                                                                                                 \
+        for (int p = 0; p < P; p++)                                                                           \
+            for (int b = 0; b < B; b++) _mm512_storeu_si512(acc + (p * QC_MAX_B + b) * 16, s[p][b]);          \
+    }
+QC_TILE512(8, 3)
+QC_TILE512(8, 2)
+QC_TILE512(8, 1)
+QC_TILE512(1, 3)
+QC_TILE512(1, 2)
+QC_TILE512(1, 1)
+
+/* qc_requantize with the float32 rules in 16-lane vectors (the int64 rule stays scalar): the same
+ * operations in the same order, so the same results and counts. */
+/* The checked rule's cold path: lanes `near` of q redone with the int64 rule, their counts corrected. */
+QC_AVX512 __attribute__((noinline)) static __m512i qc_redo_near(const qc_epilogue *e, __m512i q, __m512 v, __m512 p,
+                                                               __mmask16 near, int64_t c, int64_t *corrections) {
+    int32_t lanes[16];
+    float values[16], products[16];
+    _mm512_storeu_si512(lanes, q);
+    _mm512_storeu_ps(values, v);
+    _mm512_storeu_ps(products, p);
+    for (int t = 0; t < 16; t++) {
+        if (!((near >> t) & 1)) continue;
+        const float f = rintf(products[t]) + (float)e->zero_point;
+        *corrections -= (f > (float)e->clip_max) + e->low_counts * (f < (float)e->clip_min);
+        int64_t sat;
+        lanes[t] = (int32_t)qc_rule_int((int64_t)values[t], c + t, e, &sat);
+        *corrections += sat;
+    }
+    return _mm512_loadu_si512(lanes);
+}
+
+/* Constants of the float32 epilogue, loaded once per call. */
+typedef struct {
+    __m512i zero, low, high;
+    __m512 half, acc_low, acc_high, error, magnitude;
+} qc_epi512;
+
+/* Requantize 16 values v (mask m; sum + bias, exact integers in float32) of channels c.. with the float32
+ * rule of e: round half to even, zero point, clip, counting; checked rules redo the lanes near a half. */
+QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(
+    const qc_epi512 *k, const qc_epilogue *e, __m512 v, const float *scale, int64_t c, __mmask16 m,
+    __m512i *saturated, __m512i *overflowed, int64_t *corrections, const int checked, const int low_counts,
+    const int check_overflow) {
+    if (check_overflow) {
+        const __mmask16 outside = _mm512_mask_cmp_ps_mask(m, v, k->acc_low, _CMP_LT_OQ) |
+                                  _mm512_mask_cmp_ps_mask(m, v, k->acc_high, _CMP_GT_OQ);
+        *overflowed = _mm512_sub_epi32(*overflowed, _mm512_movm_epi32(outside));
+    }
+    __m512 p = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, scale + c));
+    if (checked) /* past 2**30 a product only clips (|zero point|, |clip limits| < 2**21): keep it in int32 */
+        p = _mm512_min_ps(_mm512_max_ps(p, _mm512_set1_ps(-0x1p30f)), _mm512_set1_ps(0x1p30f));
+    /* round half to even in the conversion itself (|p| < 2**24 for rule 1), then zero point and clip */
+    __m512i q = _mm512_add_epi32(_mm512_cvt_roundps_epi32(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                 k->zero);
+    *saturated = _mm512_sub_epi32(*saturated, _mm512_movm_epi32(_mm512_mask_cmpgt_epi32_mask(m, q, k->high)));
+    if (low_counts)
+        *saturated = _mm512_sub_epi32(*saturated, _mm512_movm_epi32(_mm512_mask_cmplt_epi32_mask(m, q, k->low)));
+    q = _mm512_max_epi32(_mm512_min_epi32(q, k->high), k->low);
+    if (checked) {
+        const __m512 below = _mm512_roundscale_ps(p, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        const __m512 distance = _mm512_and_ps(_mm512_sub_ps(_mm512_sub_ps(p, below), k->half), k->magnitude);
+        const __mmask16 near = _mm512_mask_cmp_ps_mask(
+            m, distance, _mm512_mul_ps(_mm512_and_ps(p, k->magnitude), k->error), _CMP_LE_OQ);
+        if (near) q = qc_redo_near(e, q, v, p, near, c, corrections);
+    }
+    return q;
+}
+
+/* Store 16 results (mask m) as out_kind at out[at..]. */
+QC_AVX512 __attribute__((always_inline)) static inline void qc_store512(__m512i q, __mmask16 m, void *out, int64_t at,
+                                                                        const int64_t out_kind) {
+    if ((out_kind == 0 || out_kind == 1) && m == (__mmask16)0xffff) {
+        __m128i bytes = _mm512_cvtepi32_epi8(q);
+        __asm__("" : "+v"(bytes)); /* keep vpmovdb in registers: its memory form is much slower */
+        _mm_storeu_si128((__m128i *)((int8_t *)out + at), bytes);
+    } else if (out_kind == 0 || out_kind == 1)
+        _mm_mask_storeu_epi8((int8_t *)out + at, m, _mm512_cvtepi32_epi8(q));
+    else if (out_kind == 2)
+        _mm256_mask_storeu_epi16((int16_t *)out + at, m, _mm512_cvtepi32_epi16(q));
+    else
+        _mm512_mask_storeu_epi32((int32_t *)out + at, m, q);
+}
+
+QC_AVX512 static inline qc_epi512 qc_constants512(const qc_epilogue *e) {
+    const qc_epi512 k = {
+        _mm512_set1_epi32((int32_t)e->zero_point), _mm512_set1_epi32((int32_t)e->clip_min),
+        _mm512_set1_epi32((int32_t)e->clip_max), _mm512_set1_ps(0.5f), _mm512_set1_ps((float)e->acc_min),
+        _mm512_set1_ps((float)e->acc_max), _mm512_set1_ps(e->error), _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)),
+    };
+    return k;
+}
+
+/* One vector of 16 (mask m) sums of channels c0 + i.. into out[at + i..]: int32 sums less the correction,
+ * or float32 accumulators (float_in: oneDNN's, integers below 2**24), plus bias, requantized. */
+QC_AVX512 __attribute__((always_inline)) static inline void qc_vector512(
+    const qc_epi512 *k, const qc_epilogue *e, const int32_t *acc, const int32_t *correction, const float *scale,
+    const float *bias, int64_t c0, int64_t i, __mmask16 m, int64_t at, void *out, __m512i *saturated,
+    __m512i *overflowed, int64_t *corrections, const int checked, const int low_counts, const int check_overflow,
+    const int64_t out_kind, const int float_in) {
+    __m512 v;
+    if (float_in) {
+        v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, (const float *)acc + i), _mm512_maskz_loadu_ps(m, bias + i));
+    } else {
+        const __m512i sums =
+            _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, acc + i), _mm512_maskz_loadu_epi32(m, correction + i));
+        v = _mm512_add_ps(_mm512_cvtepi32_ps(sums), _mm512_maskz_loadu_ps(m, bias + i));
+    }
+    const __m512i q = qc_round512(k, e, v, scale - c0, c0 + i, m, saturated, overflowed, corrections, checked,
+                                  low_counts, check_overflow);
+    qc_store512(q, m, out, at + i, out_kind);
+}
+
+QC_AVX512 static void qc_requantize_avx512(const int32_t *acc, int64_t pixels, int64_t acc_stride,
+                                           int64_t width, int64_t c0, const qc_epilogue *e, int64_t at,
+                                           int64_t out_stride, void *out, int64_t *counts, const int float_in) {
+    if (e->rule == 0) { /* int32 sums only (qc_requantize_rows refuses rule 0) */
+        for (int64_t p = 0; p < pixels; p++)
+            qc_requantize(acc + p * acc_stride, width, c0, e, at + p * out_stride, out, counts);
+        return;
+    }
+    /* every field in a local: stores through `out` (a char type) could alias *e */
+    const int32_t *correction = e->correction + c0;
+    const float *scale = e->scale_f + c0, *bias = e->bias_f + c0;
+    const qc_epi512 k = qc_constants512(e);
+    __m512i saturated = _mm512_setzero_si512(), overflowed = _mm512_setzero_si512();
+    int64_t corrections = 0;
+    const int64_t full = width / 16 * 16;
+    const __mmask16 tail = (__mmask16)((1u << (width - full)) - 1);
+    const int checked = e->rule == 2, low_counts = (int)e->low_counts, check_overflow = (int)e->check_overflow;
+    const int64_t out_kind = e->out_kind;
+    /* the common cases with their flags as constants (the vector body then has no branches) */
+#define QC_PIXELS(CHECKED, LOW, OVERFLOW, KIND, FLOAT_IN)                                                               \
+    for (int64_t pixel = 0; pixel < pixels; pixel++, acc += acc_stride, at += out_stride) {                    \
+        for (int64_t i = 0; i < full; i += 16)                                                                 \
+            qc_vector512(&k, e, acc, correction, scale, bias, c0, i, (__mmask16)0xffff, at, out, &saturated,   \
+                         &overflowed, &corrections, CHECKED, LOW, OVERFLOW, KIND, FLOAT_IN);                    \
+        if (tail)                                                                                              \
+            qc_vector512(&k, e, acc, correction, scale, bias, c0, full, tail, at, out, &saturated, &overflowed, \
+                         &corrections, CHECKED, LOW, OVERFLOW, KIND, FLOAT_IN);                                 \
+    }
+    const int common = !check_overflow && out_kind <= 1;
+    if (float_in) {
+        if (common && !checked && !low_counts) {
+            QC_PIXELS(0, 0, 0, 0, 1)
+        } else if (common && checked && !low_counts) {
+            QC_PIXELS(1, 0, 0, 0, 1)
+        } else {
+            QC_PIXELS(checked, low_counts, check_overflow, out_kind, 1)
+        }
+    } else if (common && !checked && !low_counts) {
+        QC_PIXELS(0, 0, 0, 0, 0)
+    } else if (common && !checked && low_counts) {
+        QC_PIXELS(0, 1, 0, 0, 0)
+    } else if (common && checked && !low_counts) {
+        QC_PIXELS(1, 0, 0, 0, 0)
+    } else if (common && checked && low_counts) {
+        QC_PIXELS(1, 1, 0, 0, 0)
+    } else {
+        QC_PIXELS(checked, low_counts, check_overflow, out_kind, 0)
+    }
+#undef QC_PIXELS
+    counts[0] += _mm512_reduce_add_epi32(saturated) + corrections;
+    counts[1] += check_overflow ? _mm512_reduce_add_epi32(overflowed) : 0;
+}
+
+typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const qc_geometry *, int32_t *);
+static const qc_tile_fn qc_tiles512[2][QC_MAX_B] = {
+    {qc_tile512_1_1, qc_tile512_1_2, qc_tile512_1_3},
+    {qc_tile512_8_1, qc_tile512_8_2, qc_tile512_8_3},
+};
+
+QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const qc_geometry *g,
+                                      const qc_epilogue *e, void *out, int64_t *counts) {
+    const int64_t blocks = (g->o + 15) / 16, block_stride = g->kh * g->kw * (g->cp / 4) * 64;
+    int32_t acc[QC_MAX_P * QC_MAX_B * 16];
+    const uint8_t *pix[QC_MAX_P];
+    for (int64_t n = 0; n < g->n; n++)
+        for (int64_t oy = 0; oy < g->oh; oy++)
+            for (int64_t ox = 0; ox < g->ow;) {
+                const int P = g->ow - ox >= QC_MAX_P ? QC_MAX_P : 1;
+                for (int p = 0; p < P; p++)
+                    pix[p] = x + ((n * g->hp + oy * g->sh) * g->wp + (ox + p) * g->sw) * g->cp;
+                for (int64_t b = 0; b < blocks; b += QC_MAX_B) {
+                    const int B = (int)(blocks - b < QC_MAX_B ? blocks - b : QC_MAX_B);
+                    qc_tiles512[P == QC_MAX_P][B - 1](pix, w + b * block_stride, block_stride, g, acc);
+                    const int64_t c0 = b * 16, width = g->o - c0 < B * 16 ? g->o - c0 : B * 16;
+                    qc_requantize_avx512(acc, P, QC_MAX_B * 16, width, c0, e,
+                                         ((n * g->oh + oy) * g->ow + ox) * g->o + c0, g->o, out, counts, 0);
+                }
+                ox += P;
+            }
+}
+
+/* P output pixels of one row (`pix`: tap (0, 0) of the first; `step` bytes apart), 16 channels:
+ * independent vpdpwssd chains (one chain would wait on its latency), the taps' weights in registers.
+ * TAPS: a constant for 3 x 3, else the layer's count. */
+#define QC_DW_PIXELS(P, TAPS)                                                                                 \
+    do {                                                                                                      \
+        __m512i sum[P];                                                                                       \
+        for (int p = 0; p < P; p++) sum[p] = _mm512_setzero_si512();                                          \
+        for (int64_t t = 0; t < (TAPS); t++)                                                                  \
+            for (int p = 0; p < P; p++)                                                                       \
+                sum[p] = _mm512_dpwssd_epi32(                                                                 \
+                    sum[p], _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, pix + p * step + offsets[t])), wv[t]); \
+        for (int p = 0; p < P; p++) {                                                                         \
+            const __m512 value = _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum[p], correction)), bias); \
+            const __m512i q = qc_round512(&k, e, value, e->scale_f, c0, m, &saturated, &overflowed, &corrections, \
+                                          checked, low_counts, check_overflow);                                \
+            qc_store512(q, m, out, at + p * C, out_kind);                                                     \
+        }                                                                                                     \
+    } while (0)
+
+/* Depthwise, channels-last, the input unpadded: a tap outside it reads `zero_row` (C bytes at the zero
+ * point), so every output sums all its taps and the correction is zero point * sum(w), as for dense
+ * layers. Per 16 channels the taps' weights stay in registers; each tap is one vpdpwssd of the
+ * zero-extended activations with the weights in the low int16 half of each lane (the high half 0, so
+ * the lane's product is exactly x * w). Interior pixels run 4 at a time (independent chains). */
+QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
+                                          const qc_geometry *g, const qc_epilogue *e, void *out, int64_t *counts) {
+    /* locals: stores through `out` (a char type) could alias *g and *e */
+    const int64_t C = g->o, kh = g->kh, kw = g->kw, taps = kh * kw, n_count = g->n, oh = g->oh, ow = g->ow;
+    const int64_t H = g->hp, W = g->wp, sh = g->sh, sw = g->sw, dh = g->dh, dw = g->dw;
+    const int64_t top = g->pad_top, left = g->pad_left, step = sw * C, out_kind = e->out_kind;
+    const int three = kh == 3 && kw == 3;
+    const qc_epi512 k = qc_constants512(e);
+    const int checked = e->rule == 2, low_counts = (int)e->low_counts, check_overflow = (int)e->check_overflow;
+    __m512i saturated = _mm512_setzero_si512(), overflowed = _mm512_setzero_si512();
+    int64_t corrections = 0;
+    int64_t offsets[QC_DW_TAPS];
+    for (int64_t u = 0; u < kh; u++)
+        for (int64_t v = 0; v < kw; v++) offsets[u * kw + v] = (u * dh * W + v * dw) * C;
+    /* output columns whose taps all lie inside the input: [x_lo, x_hi) */
+    int64_t x_lo = (left + sw - 1) / sw, x_hi = (W - 1 - (kw - 1) * dw + left) / sw + 1;
+    if (W - 1 - (kw - 1) * dw + left < 0) x_hi = 0;
+    if (x_hi > ow) x_hi = ow;
+    if (x_lo > x_hi) x_lo = x_hi;
+    __m512i wv[QC_DW_TAPS];
+    const uint8_t *tap[QC_DW_TAPS];
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+        for (int64_t t = 0; t < taps; t++) wv[t] = _mm512_maskz_loadu_epi32(m, w + t * C + c0);
+        const __m512i correction = _mm512_maskz_loadu_epi32(m, e->correction + c0);
+        const __m512 bias = _mm512_maskz_loadu_ps(m, e->bias_f + c0);
+        for (int64_t n = 0; n < n_count; n++)
+            for (int64_t oy = 0; oy < oh; oy++) {
+                const int64_t y0 = oy * sh - top;
+                const int rows_inside = y0 >= 0 && y0 + (kh - 1) * dh < H;
+                const uint8_t *row = x + ((n * H + y0) * W - left) * C + c0; /* tap (0, 0) of output column 0 */
+                const int64_t row_at = ((n * oh + oy) * ow) * C + c0;
+                for (int64_t ox = 0; ox < ow;) {
+                    const int64_t at = row_at + ox * C;
+                    if (rows_inside && ox >= x_lo && ox + 4 <= x_hi) {
+                        const uint8_t *pix = row + ox * step;
+                        if (three)
+                            QC_DW_PIXELS(4, 9);
+                        else
+                            QC_DW_PIXELS(4, taps);
+                        ox += 4;
+                        continue;
+                    }
+                    if (rows_inside && ox >= x_lo && ox < x_hi) {
+                        const uint8_t *pix = row + ox * step;
+                        QC_DW_PIXELS(1, taps);
+                        ox += 1;
+                        continue;
+                    }
+                    /* a border pixel (or the last interior ones): each tap's own pointer */
+                    for (int64_t u = 0; u < kh; u++)
+                        for (int64_t v = 0; v < kw; v++) {
+                            const int64_t iy = y0 + u * dh, ix = ox * sw - left + v * dw;
+                            tap[u * kw + v] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                                                  ? x + ((n * H + iy) * W + ix) * C + c0
+                                                  : zero_row + c0;
+                        }
+                    __m512i sum = _mm512_setzero_si512();
+                    for (int64_t t = 0; t < taps; t++)
+                        sum = _mm512_dpwssd_epi32(sum, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, tap[t])), wv[t]);
+                    const __m512 value = _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum, correction)), bias);
+                    const __m512i q = qc_round512(&k, e, value, e->scale_f, c0, m, &saturated, &overflowed,
+                                                  &corrections, checked, low_counts, check_overflow);
+                    qc_store512(q, m, out, at, out_kind);
+                    ox += 1;
+                }
+            }
+    }
+    counts[0] += _mm512_reduce_add_epi32(saturated) + corrections;
+    counts[1] += check_overflow ? _mm512_reduce_add_epi32(overflowed) : 0;
+}
+#endif
+
+/* ---- entry points ---------------------------------------------------------------------------- */
+
+#ifndef QC_SOURCE_SHA256
+#define QC_SOURCE_SHA256 "unknown"
+#endif
+
+/* The sha256 of this file when it was built (setup.py defines it). */
+const char *qc_source_sha256(void) { return QC_SOURCE_SHA256; }
+
+/* Bit 0: portable (always); bit 1: AVX-512 VNNI runs on this CPU. */
+int64_t qc_variants(void) {
+    int64_t variants = 1;
+#ifdef QC_HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        variants |= 2;
+#endif
+    return variants;
+}
+
+/* variant 1: portable, 2: AVX-512 VNNI. scratch: int32[o] (portable only). Returns 0, or -1 for a bad variant. */
+int64_t qc_dense(int64_t variant, const uint8_t *x, const int8_t *w, const qc_geometry *g, const qc_epilogue *e,
+                 void *out, int64_t *counts, int32_t *scratch) {
+    if (variant == 1) {
+        qc_dense_portable(x, w, g, e, out, counts, scratch);
+        return 0;
+    }
+#ifdef QC_HAVE_X86
+    if (variant == 2 && (qc_variants() & 2)) {
+        qc_dense_avx512(x, w, g, e, out, counts);
+        return 0;
+    }
+#endif
+    return -1;
+}
+
+/* Unpadded input, taps outside skipped; weights int16 [kh * kw][C]; portable only (variant 1). */
+int64_t qc_depthwise(int64_t variant, const uint8_t *x, int64_t zero_u8, const int16_t *w, const qc_geometry *g,
+                     const qc_epilogue *e, void *out, int64_t *counts) {
+    if (variant != 1) return -1;
+    qc_depthwise_portable(x, zero_u8, w, g, e, out, counts);
+    return 0;
+}
+
+/* Unpadded input; zero_row: C bytes at the zero point (what taps outside read); weights [kh * kw][C] as
+ * int32 lanes holding (uint16) w; the epilogue's correction: zero point * sum(w). AVX-512 VNNI (variant 2),
+ * float32 rules, kh * kw <= 25. */
+int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
+                          const qc_geometry *g, const qc_epilogue *e, void *out, int64_t *counts) {
+    if (e->rule == 0 || g->kh * g->kw > QC_DW_TAPS) return -2;
+#ifdef QC_HAVE_X86
+    if (variant == 2 && (qc_variants() & 2)) {
+        qc_depthwise_avx512(x, zero_row, w, g, e, out, counts);
+        return 0;
+    }
+#endif
+    (void)x, (void)zero_row, (void)w, (void)g, (void)out, (void)counts;
+    return -1;
+}
+
+/* Requantize `pixels` rows of `channels` float32 accumulators (oneDNN's, integers below 2**24) with a float32
+ * rule (1 or 2; the correction must be zeros): the pass after a convolution that kept its sums in memory.
+ * Returns 0, -1 for a bad variant, -2 for the int64 rule. */
+int64_t qc_requantize_rows(int64_t variant, const float *acc, int64_t pixels, int64_t channels, const qc_epilogue *e,
+                           void *out, int64_t *counts) {
+    if (e->rule == 0) return -2;
+    if (variant == 1) {
+        int32_t sums[QC_DW_CHUNK];
+        for (int64_t p = 0; p < pixels; p++)
+            for (int64_t c0 = 0; c0 < channels; c0 += QC_DW_CHUNK) {
+                const int64_t width = channels - c0 < QC_DW_CHUNK ? channels - c0 : QC_DW_CHUNK;
+                for (int64_t i = 0; i < width; i++) sums[i] = (int32_t)acc[p * channels + c0 + i];
+                qc_requantize(sums, width, c0, e, p * channels + c0, out, counts);
+            }
+        return 0;
+    }
+#ifdef QC_HAVE_X86
+    if (variant == 2 && (qc_variants() & 2)) {
+        qc_requantize_avx512((const int32_t *)acc, pixels, channels, channels, 0, e, 0, channels, out, counts, 1);
+        return 0;
+    }
+#endif
+    return -1;
+}

@@ -1,0 +1,355 @@
+"""hwsim's native convolutions: exact uint8 x int8 sums with the requantize in their epilogue (C, ctypes).
+
+oneDNN (``hwsim.int8_conv``) writes float32 accumulators that a second pass requantizes; for the small
+layers of mobile networks that round trip through memory costs more than the multiplies. The kernels
+in ``hwsim/native/qconv.c`` keep each tile's int32 sums in registers and requantize them there with the
+IR's integer rule in int64 (every scale, power of two or free), counting saturations and overflows as
+``hwsim.kernels.requant_int`` does. They cover dense convolutions (groups 1) and depthwise ones (one
+input and one output channel per group), take the layers oneDNN's plan (``Int8Conv``) already proved
+exact, and need the requantize's int64 form (``IntRequant``).
+
+The library is built when the package is installed (``setup.py``, an optional extension: without a C
+compiler hwsim installs and runs its other paths). It has an AVX-512 VNNI variant, used where the CPU
+has it, and a portable one (tests compare both with numpy); ``available()`` is True only with the
+former, since the portable loops are slower than oneDNN.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import threading
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from hwsim.int8_conv import Int8Conv, output_size
+
+PORTABLE, AVX512 = 1, 2
+OUT_KINDS = {np.dtype(np.uint8): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3}
+LIBRARY_STEM = "_qconv"
+BLOCK = 16  # output channels per vpdpbusd register
+LANE = 4  # input channels per int32 lane
+KINDS = ("pointwise", "dense", "depthwise")
+FAST_KINDS = ("pointwise", "depthwise")  # where the kernels beat oneDNN + requantize (docs/hwsim.md#performance)
+
+
+class Geometry(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_int64)
+        for name in ("n", "hp", "wp", "cp", "o", "kh", "kw", "sh", "sw", "dh", "dw", "oh", "ow", "pad_top", "pad_left")
+    ]
+
+
+class Epilogue(ctypes.Structure):
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in ("correction", "bias", "multiplier", "shift", "up", "scale_f", "bias_f")),
+        *(
+            (name, ctypes.c_int64)
+            for name in ("zero_point", "clip_min", "clip_max", "acc_min", "acc_max", "low_counts", "check_overflow",
+                         "rule")
+        ),  # fmt: skip
+        ("error", ctypes.c_float),
+        ("out_kind", ctypes.c_int64),
+    ]
+
+
+RULE_INT, RULE_FLOAT32, RULE_CHECKED32 = 0, 1, 2
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """The built kernels, or None when the package was installed without them."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"{LIBRARY_STEM}{suffix}"
+        if path.is_file():
+            lib = ctypes.CDLL(str(path))
+            lib.qc_variants.restype = ctypes.c_int64
+            lib.qc_source_sha256.restype = ctypes.c_char_p
+            pointer = ctypes.c_void_p
+            lib.qc_dense.restype = lib.qc_depthwise.restype = ctypes.c_int64
+            lib.qc_dense.argtypes = [ctypes.c_int64, pointer, pointer, pointer, pointer, pointer, pointer, pointer]
+            lib.qc_depthwise.argtypes = [ctypes.c_int64, pointer, ctypes.c_int64, pointer, pointer, pointer, pointer,
+                                         pointer]  # fmt: skip
+            lib.qc_depthwise_fast.restype = ctypes.c_int64
+            lib.qc_depthwise_fast.argtypes = [ctypes.c_int64, pointer, pointer, pointer, pointer, pointer, pointer,
+                                              pointer]  # fmt: skip
+            lib.qc_requantize_rows.restype = ctypes.c_int64
+            lib.qc_requantize_rows.argtypes = [ctypes.c_int64, pointer, ctypes.c_int64, ctypes.c_int64, pointer,
+                                               pointer, pointer]  # fmt: skip
+            return lib
+    return None
+
+
+def built_from() -> str | None:
+    """The sha256 of the C source the library was built from (None without the library)."""
+    lib = library()
+    return None if lib is None else lib.qc_source_sha256().decode()
+
+
+def variants() -> int:
+    """Bit mask of the variants this machine runs (PORTABLE | AVX512), 0 without the library."""
+    lib = library()
+    return 0 if lib is None else int(lib.qc_variants())
+
+
+def available() -> bool:
+    """True when the fast (AVX-512 VNNI) kernels run here."""
+    return bool(variants() & AVX512)
+
+
+@dataclass
+class EpilogueArgs:
+    """A C epilogue and the arrays it points into (kept alive with it)."""
+
+    struct: Epilogue
+    form: object
+    int_form: object
+    arrays: list
+
+    @classmethod
+    def of(cls, form, int_form, out_dtype: np.dtype, correction: np.ndarray) -> EpilogueArgs:
+        """The epilogue of a requantize form (``hwsim.channels_last``): float32 forms run as they are (exact,
+        or checked with ``int_form`` for the elements near a half), any other in int64 (``int_form``).
+        ``correction``: per output channel, subtracted from the int32 sums first."""
+        rule = RULE_INT
+        if form.kind in ("float", "checked") and form.dtype is np.float32:
+            rule = RULE_FLOAT32 if form.kind == "float" else RULE_CHECKED32
+        if rule != RULE_FLOAT32 and int_form is None:
+            raise ValueError("native kernels: this requantize needs its int64 form")
+        channels = correction.size
+        arrays = [np.ascontiguousarray(correction, dtype=np.int32)]
+        for name in ("bias", "multiplier", "shift", "up"):
+            values = getattr(int_form, name)[:channels] if int_form is not None else np.zeros(channels)
+            arrays.append(np.ascontiguousarray(values, dtype=np.int64))
+        floats = form if rule != RULE_INT else None
+        for name in ("scale", "bias"):
+            values = getattr(floats, name)[:channels] if floats is not None else np.zeros(channels)
+            arrays.append(np.ascontiguousarray(values, dtype=np.float32))
+        limits = (floats or int_form).limits
+        error = float(limits[7]) if rule == RULE_CHECKED32 else 0.0
+        struct = Epilogue(
+            *(a.ctypes.data for a in arrays), *(int(value) for value in limits[:7]), rule, error, OUT_KINDS[out_dtype]
+        )
+        return cls(struct, form, int_form, arrays)
+
+
+@dataclass
+class NativeRequant:
+    """The requantize pass over oneDNN's float32 accumulators [rows, C] in C (float32 forms only)."""
+
+    args: EpilogueArgs
+    channels: int
+    variant: int = AVX512
+
+    @classmethod
+    def of(cls, form, int_form, out_dtype, channels: int, variant: int = AVX512) -> NativeRequant | None:
+        """None where the C pass does not apply: no library, or not a float32 form."""
+        if not variants() & variant or form.kind not in ("float", "checked") or form.dtype is not np.float32:
+            return None
+        if form.kind == "checked" and int_form is None:
+            return None
+        args = EpilogueArgs.of(form, int_form, np.dtype(out_dtype), np.zeros(channels, np.int64))
+        return cls(args, channels, variant)
+
+    def __call__(self, acc: np.ndarray, out: np.ndarray) -> tuple[int, int]:
+        """acc: float32, C-contiguous, a multiple of ``channels`` long; out: as many of the output type."""
+        if acc.dtype != np.float32 or not acc.flags.c_contiguous or out.size != acc.size or acc.size % self.channels:
+            raise ValueError("native requantize: accumulators and output do not match")
+        counts = np.zeros(2, dtype=np.int64)
+        status = library().qc_requantize_rows(
+            self.variant, acc.ctypes.data, acc.size // self.channels, self.channels, ctypes.byref(self.args.struct),
+            out.ctypes.data, counts.ctypes.data,
+        )  # fmt: skip
+        if status != 0:
+            raise RuntimeError(f"native requantize: variant {self.variant} does not run here ({status})")
+        return int(counts[0]), int(counts[1])
+
+
+@dataclass
+class NativeConv:
+    """One convolution layer for the native kernels: packed weights and the input's uint8 mapping."""
+
+    depthwise: bool
+    weights: np.ndarray  # dense: int8 [O/16, kh, kw, Cp/4, 16, 4]; depthwise: int16 [kh * kw, C]
+    weight_sums: np.ndarray  # int64 [O]: sum of each output's weights (dense: the zero point correction)
+    out_channels: int
+    channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    offset: int  # stored activation + offset = the uint8 the kernels read
+    zero_point: int  # the uint8 that means 0
+    variant: int = AVX512
+    _epilogues: dict = field(default_factory=dict)  # (id(form), id(int_form), out type) -> EpilogueArgs
+    _work: threading.local = field(default_factory=threading.local)  # per thread: the padded input
+
+    @property
+    def zero_row(self) -> np.ndarray:
+        """C bytes at the zero point: what a depthwise tap outside the input reads."""
+        row = self.__dict__.get("_zero_row")
+        if row is None:
+            row = self.__dict__["_zero_row"] = np.full(self.channels, self.zero_point, dtype=np.uint8)
+        return row
+
+    @property
+    def lane_weights(self) -> np.ndarray:
+        """Depthwise weights [kh * kw, C] as int32 lanes holding (uint16) w, for vpdpwssd."""
+        lanes = self.__dict__.get("_lanes")
+        if lanes is None:
+            lanes = self.__dict__["_lanes"] = self.weights.astype(np.int32) & 0xFFFF
+        return lanes
+
+    @property
+    def pointwise(self) -> bool:
+        """A dense 1x1 convolution with stride 1 and no padding: a GEMM over the batch's pixels."""
+        return not self.depthwise and self.kernel == (1, 1) and self.stride == (1, 1) and not any(self.padding)
+
+    @property
+    def padded_channels(self) -> int:
+        return self.channels if self.depthwise else -(-self.channels // LANE) * LANE
+
+    def output_hw(self, height: int, width: int) -> tuple[int, int]:
+        top, left, bottom, right = self.padding
+        return (
+            output_size(height, self.kernel[0], self.stride[0], top, bottom, self.dilation[0]),
+            output_size(width, self.kernel[1], self.stride[1], left, right, self.dilation[1]),
+        )
+
+    def epilogue(self, form, int_form, out_dtype: np.dtype) -> Epilogue:
+        """The C epilogue of a requantize form for this layer (made once per form and output type)."""
+        key = (id(form), id(int_form), out_dtype.str)
+        cached = self._epilogues.get(key)
+        if cached is None or cached.form is not form or cached.int_form is not int_form:
+            padded = not self.depthwise or (self.variant == AVX512 and native_fits(form, int_form))
+            correction = self.zero_point * self.weight_sums if padded else np.zeros(self.out_channels, np.int64)
+            cached = self._epilogues[key] = EpilogueArgs.of(form, int_form, out_dtype, correction)
+        return cached.struct
+
+    def _input(self, x: np.ndarray, padded: bool) -> tuple[np.ndarray, int, int]:
+        """The uint8 channels-last input the kernel reads (``padded``: borders at the zero point, channels
+        to a multiple of 4 for dense layers), and its (height, width) as stored."""
+        channels_last = x.transpose(0, 2, 3, 1)
+        batch, height, width, channels = channels_last.shape
+        if not padded:
+            if x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous:
+                return channels_last, height, width
+            shape = (batch, height, width, channels)
+            converted = self._scratch("converted", shape)
+            np.add(channels_last, np.int32(self.offset), out=converted, casting="unsafe")
+            return converted, height, width
+        top, left, bottom, right = self.padding
+        padded_channels = self.padded_channels
+        direct = x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous
+        if direct and not any(self.padding) and padded_channels == channels:
+            return channels_last, height, width
+        shape = (batch, height + top + bottom, width + left + right, padded_channels)
+        padded = self._scratch("padded", shape)
+        inner = padded[:, top : top + height, left : left + width, :channels]
+        if self.offset == 0 and x.dtype == np.uint8:
+            np.copyto(inner, channels_last)
+        else:
+            np.add(channels_last, np.int32(self.offset), out=inner, casting="unsafe")
+        return padded, shape[1], shape[2]
+
+    def _scratch(self, role: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A per-thread uint8 buffer filled with the zero point once (its borders never change)."""
+        buffers = self._work.__dict__.setdefault("buffers", {})
+        array = buffers.get(role)
+        if array is None or array.shape != shape:
+            array = buffers[role] = np.full(shape, self.zero_point, dtype=np.uint8)
+        return array
+
+    def requantize_into(self, x: np.ndarray, form, int_form, out: np.ndarray) -> tuple[int, int]:
+        """x: logical [N, C, H, W] integers; out: [N, OH, OW, O] (C order) of the output type. Writes the
+        convolution requantized by ``form`` (``int_form``: its int64 form) into ``out``; returns
+        (saturations, overflows)."""
+        lib = library()
+        epilogue = self.epilogue(form, int_form, out.dtype)
+        fast_depthwise = self.depthwise and self.variant == AVX512 and epilogue.rule != RULE_INT
+        source, height, width = self._input(x, padded=not self.depthwise)
+        batch = x.shape[0]
+        out_h, out_w = self.output_hw(x.shape[2], x.shape[3])
+        if out.shape != (batch, out_h, out_w, self.out_channels) or not out.flags.c_contiguous:
+            raise ValueError(f"native convolution: output {out.shape} does not match the layer")
+        top, left, _, _ = self.padding
+        geometry = Geometry(
+            batch, height, width, self.padded_channels, self.out_channels, *self.kernel, *self.stride,
+            *self.dilation, out_h, out_w, top, left,
+        )  # fmt: skip
+        if self.pointwise:  # every pixel of the batch in one row: full register tiles
+            geometry.n, geometry.hp, geometry.oh = 1, 1, 1
+            geometry.wp = geometry.ow = batch * height * width
+        counts = np.zeros(2, dtype=np.int64)
+        pointer = ctypes.byref
+        if fast_depthwise:
+            status = lib.qc_depthwise_fast(
+                self.variant, source.ctypes.data, self.zero_row.ctypes.data, self.lane_weights.ctypes.data,
+                pointer(geometry), pointer(epilogue), out.ctypes.data, counts.ctypes.data,
+            )  # fmt: skip
+        elif self.depthwise:
+            status = lib.qc_depthwise(  # the portable loops: taps outside the input skipped, any rule
+                PORTABLE, source.ctypes.data, self.zero_point, self.weights.ctypes.data, pointer(geometry),
+                pointer(epilogue), out.ctypes.data, counts.ctypes.data,
+            )  # fmt: skip
+        else:
+            scratch = self._work.__dict__.get("sums")
+            if scratch is None or scratch.size < self.out_channels:
+                scratch = self._work.sums = np.empty(self.out_channels, dtype=np.int32)
+            status = lib.qc_dense(
+                self.variant, source.ctypes.data, self.weights.ctypes.data, pointer(geometry), pointer(epilogue),
+                out.ctypes.data, counts.ctypes.data, scratch.ctypes.data,
+            )  # fmt: skip
+        if status != 0:
+            raise RuntimeError(f"native convolution: variant {self.variant} does not run on this CPU")
+        return int(counts[0]), int(counts[1])
+
+
+def pack_dense(weight: np.ndarray) -> np.ndarray:
+    """int8 [O, C, kh, kw] -> [ceil(O/16), kh, kw, ceil(C/4), 16, 4], zeros where O or C run out."""
+    out_channels, channels, kernel_h, kernel_w = weight.shape
+    blocks, groups = -(-out_channels // BLOCK), -(-channels // LANE)
+    padded = np.zeros((blocks * BLOCK, groups * LANE, kernel_h, kernel_w), dtype=np.int8)
+    padded[:out_channels, :channels] = weight
+    blocked = padded.reshape(blocks, BLOCK, groups, LANE, kernel_h, kernel_w)
+    return np.ascontiguousarray(blocked.transpose(0, 4, 5, 2, 1, 3))
+
+
+def native_fits(form, int_form) -> bool:
+    """True when the fast kernels run this requantize: a float32 form (checked ones with their int64 form)."""
+    return form.dtype is np.float32 and (form.kind == "float" or (form.kind == "checked" and int_form is not None))
+
+
+def plan_native_conv(conv: Int8Conv, variant: int = AVX512, kinds: tuple[str, ...] = FAST_KINDS) -> NativeConv | None:
+    """The native form of a layer oneDNN's plan accepted (same exactness proof: |sums| < 2**24 here,
+    255 * sum|w| < 2**31 for the uint8 sums), or None: no library, or grouped but not depthwise."""
+    if not variants() & variant or conv.weight is None:
+        return None
+    weight = conv.weight.numpy().astype(np.int8)
+    out_channels, per_group, kernel_h, kernel_w = weight.shape
+    groups = conv.groups
+    depthwise = groups > 1 and per_group == 1 and out_channels == groups
+    if groups > 1 and not depthwise:
+        return None
+    if any(conv.explicit_padding):
+        padding = tuple(conv.explicit_padding)
+    else:
+        padding = (conv.padding[0], conv.padding[1], conv.padding[0], conv.padding[1])
+    pointwise = (kernel_h, kernel_w) == (1, 1) and tuple(conv.stride) == (1, 1) and not any(padding)
+    kind = "depthwise" if depthwise else ("pointwise" if pointwise else "dense")
+    if kind not in kinds:
+        return None
+    channels = groups if depthwise else per_group
+    if depthwise:
+        packed = np.ascontiguousarray(weight.reshape(out_channels, kernel_h * kernel_w).T, dtype=np.int16)
+    else:
+        packed = pack_dense(weight)
+    sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
+    return NativeConv(
+        depthwise, packed, sums, out_channels, channels, (kernel_h, kernel_w), tuple(conv.stride),
+        tuple(conv.dilation), padding, conv.offset, conv.zero_point, variant,
+    )  # fmt: skip

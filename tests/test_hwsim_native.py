@@ -1,0 +1,163 @@
+"""hwsim's native C kernels (``hwsim/native/qconv.c``) against numpy and qexport's integer rule.
+
+Every kernel runs in both variants (AVX-512 VNNI where this CPU has it, and portable C), for each
+requantize form the engine hands them (float32 exact, float32 checked with near-tie scales, int64),
+on random layer geometries, activation types (offsets into uint8), zero points and output types.
+The reference is ``int8_conv.reference_conv`` (plain numpy sums) followed by the IR's rounding
+(``qexport.reference.rounding.round_half_even_shift``), with the counters hwsim reports."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from test_hwsim_requant_checked import CASES, near_tie_scales
+from test_hwsim_requant_int import _integer_requant, _limits, _with_ties
+
+from hwsim import int8_conv, native_conv
+from hwsim.channels_last import REQUANT_KERNELS, checked_requant, float_requant, int_requant
+from hwsim.native_conv import AVX512, KINDS, PORTABLE, NativeRequant, plan_native_conv
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+needs_library = pytest.mark.skipif(native_conv.library() is None, reason="hwsim's C kernels are not built here")
+needs_onednn = pytest.mark.skipif(not int8_conv.available(), reason="oneDNN int8 convolutions unavailable")
+OUT_TYPES = (np.uint8, np.int8, np.int16, np.int32)
+
+
+def variants_here() -> list[int]:
+    return [v for v in (PORTABLE, AVX512) if native_conv.variants() & v]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here")
+def test_library_is_built_from_the_current_source() -> None:
+    """With a compiler the install builds the kernels; a stale build (its source edited since) fails here."""
+    assert native_conv.library() is not None, "pip install -e . should have built hwsim/_qconv*.so"
+    digest = hashlib.sha256((ROOT / "hwsim/native/qconv.c").read_bytes()).hexdigest()
+    assert native_conv.built_from() == digest, "hwsim/_qconv*.so is stale: run pip install -e . again"
+
+
+@st.composite
+def layers(draw):
+    """A dense, pointwise or depthwise layer: weights, input values of a <= 8-bit type, zero point, geometry."""
+    kind = draw(st.sampled_from(KINDS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    channels = draw(st.integers(1, 40))
+    if kind == "pointwise":
+        kernel, stride, padding, dilation = 1, 1, (0, 0, 0, 0), 1
+    else:
+        kernel = draw(st.sampled_from([1, 2, 3, 5]))
+        stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+        padding = tuple(draw(st.lists(st.integers(0, kernel), min_size=4, max_size=4)))
+    out_channels = channels if kind == "depthwise" else draw(st.integers(1, 70))
+    size = draw(st.integers(dilation * (kernel - 1) + 1, dilation * (kernel - 1) + 9))
+    batch = draw(st.integers(1, 3))
+    signed = draw(st.booleans())
+    x_min, x_max = (-128, 127) if signed else (0, 255)
+    zero_point = draw(st.sampled_from([x_min, x_max, 0, int(rng.integers(x_min, x_max + 1))]))
+    top = draw(st.sampled_from([2, 20, 127]))
+    per_group = 1 if kind == "depthwise" else channels
+    weight = rng.integers(-top, top + 1, (out_channels, per_group, kernel, kernel))
+    if draw(st.booleans()):
+        weight[:, :, 0, 0] = draw(st.sampled_from([-128, 127]))
+    x = rng.integers(x_min, x_max + 1, (batch, channels, size, size))
+    if draw(st.booleans()):  # extremes, where a saturating 16-bit product would show
+        x = np.where(rng.random(x.shape) < 0.5, x_min, x_max)
+    groups = channels if kind == "depthwise" else 1
+    geometry = ((stride, stride), padding, (dilation, dilation), groups, (size, size))
+    return weight, x, (x_min, x_max), zero_point, geometry
+
+
+def requant_form(draw, rule: str, centred: np.ndarray, bound: int, channels: int, rng):
+    """A requantize form of ``rule`` for sums of magnitude <= bound, or None where that rule does not apply."""
+    zero_point = draw(st.integers(-100, 100))
+    clip_min = draw(st.integers(-300, 100))
+    clips = (clip_min, draw(st.integers(clip_min, 300)))
+    acc_limits = _limits(draw(st.sampled_from([16, 20, 32])))
+    bias = rng.integers(-(bound // 8) - 1, bound // 8 + 1, channels)
+    bound += int(np.abs(bias).max())
+    if rule == "float":
+        shift = rng.integers(0, 12, channels)
+        multiplier = rng.integers(1, max(2, (2**24 - 1) // max(bound, 1) // 4), channels)
+        form = float_requant(multiplier, shift, bias, bound, zero_point, clips, acc_limits)
+        if form is None or form.dtype is not np.float32:
+            return None
+        return form, None, (multiplier, shift, bias, zero_point, clips, acc_limits)
+    if rule == "checked" and centred.size and draw(st.booleans()):
+        multiplier, shift = near_tie_scales(centred.reshape(-1, channels)[0] + bias, rng)
+    else:
+        multiplier = rng.integers(2**29, 2**31, channels) * rng.choice([-1, 1], channels)
+        shift = np.clip(np.ceil(np.log2(np.abs(multiplier) * bound + 1)).astype(np.int64) - 8, 1, 62)
+    make = checked_requant if rule == "checked" else int_requant
+    form = make(multiplier, shift, bias, bound, zero_point, clips, acc_limits)
+    if form is None:
+        return None
+    int_form = form.int_form if rule == "checked" else form
+    return form, int_form, (multiplier, shift, bias, zero_point, clips, acc_limits)
+
+
+@needs_library
+@needs_onednn
+@SETTINGS
+@given(layer=layers(), rule=st.sampled_from(["float", "checked", "int"]), out_type=st.sampled_from(OUT_TYPES),
+       seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
+def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, seed, data) -> None:
+    weight, x, (x_min, x_max), zero_point, geometry = layer
+    conv = int8_conv.plan_int8_conv(weight, x_min, x_max, zero_point, *geometry)
+    assume(conv is not None)
+    stride, padding, dilation, _, _ = geometry
+    centred = int8_conv.reference_conv(x, weight, zero_point, stride, padding, dilation)
+    out_channels = weight.shape[0]
+    magnitude = int(np.abs(weight.reshape(out_channels, -1)).sum(axis=1).max())
+    bound = magnitude * max(abs(x_min - zero_point), abs(x_max - zero_point))
+    rng = np.random.default_rng(seed)
+    made = requant_form(data.draw, rule, centred, bound, out_channels, rng)
+    assume(made is not None)
+    form, int_form, (multiplier, shift, bias, rq_zero, clips, acc_limits) = made
+    acc_bits = int(np.log2(acc_limits[1] + 1)) + 1
+    expected, saturations, overflows = _integer_requant(centred + bias, multiplier, shift, rq_zero, clips, acc_bits)
+    check_overflow = bool(form.limits[6])
+    for variant in variants_here():
+        native = plan_native_conv(conv, variant, KINDS)
+        assert native is not None
+        out = np.empty(expected.shape, dtype=out_type)
+        counts = native.requantize_into(x.astype(np.int64), form, int_form, out)
+        np.testing.assert_array_equal(out, expected.astype(out_type), err_msg=f"variant {variant}")
+        assert counts == (saturations, overflows if check_overflow else 0), f"variant {variant}"
+
+
+@needs_library
+@SETTINGS
+@given(case=CASES, rule=st.sampled_from(["float", "checked"]), out_type=st.sampled_from(OUT_TYPES),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_native_requantize_rows_equal_the_integer_rule(case, rule, out_type, seed) -> None:
+    """The C pass over oneDNN's float32 accumulators, for the float32 forms (exact and checked)."""
+    acc, _, bias, multiplier, shift, bound, zero_point, clips, acc_bits = case
+    acc = _with_ties(acc, bias, multiplier, shift, np.random.default_rng(seed))
+    assume(bound < 2**24)
+    if rule == "float":  # scales small enough for the exact form
+        multiplier = np.clip(multiplier, -((2**24 - 1) // (bound + 1)), (2**24 - 1) // (bound + 1))
+        form = float_requant(multiplier, shift, bias, bound, zero_point, clips, _limits(acc_bits))
+        assume(form is not None and form.dtype is np.float32)
+        int_form = None
+    else:
+        form = checked_requant(multiplier, shift, bias, bound, zero_point, clips, _limits(acc_bits))
+        assume(form is not None)
+        int_form = form.int_form
+    expected, saturations, overflows = _integer_requant(acc + bias, multiplier, shift, zero_point, clips, acc_bits)
+    channels = acc.shape[1]
+    for variant in variants_here():
+        native = NativeRequant.of(form, int_form, out_type, channels, variant)
+        assert native is not None
+        out = np.empty(acc.size, dtype=out_type)
+        counts = native(acc.astype(np.float32).reshape(-1), out)
+        np.testing.assert_array_equal(out.reshape(acc.shape), expected.astype(out_type), err_msg=f"variant {variant}")
+        assert counts == (saturations, overflows if form.limits[6] else 0), f"variant {variant}"
+        numba_out = np.empty(acc.size, dtype=out_type)  # and the Numba kernel it replaces, for the record
+        kernel = REQUANT_KERNELS[form.kind]
+        assert kernel(acc.astype(np.float32).reshape(-1), *form.coeffs, form.bias, *form.limits, numba_out) == counts
