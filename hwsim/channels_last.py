@@ -25,7 +25,7 @@ from hwsim.exact import FLOAT32_EXACT, FLOAT64_EXACT, float_type
 from hwsim.float_conv import FloatConv
 from hwsim.int8_conv import Int8Conv
 from hwsim.kernels import requant, requant_checked, requant_int
-from hwsim.native_conv import NativeConv
+from hwsim.native_conv import NativeConv, ResidualAdd
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the kernels convert clipped results through int32
 INT64_LIMIT = 2**63
@@ -345,3 +345,31 @@ class ResidualStep:
             acc, *first.coeffs, first.bias, *first.limits, other_rows, *self.alignment, *second.coeffs,
             *second.limits, out.reshape(-1),
         )  # fmt: skip
+
+
+@dataclass
+class NativeResidualStep:
+    """A native convolution (``ChannelsLastStep.native``) whose requantized output only feeds a fused
+    residual add: the C kernel runs both requantizes and the add in its epilogue (``ResidualAdd``)."""
+
+    conv: ChannelsLastStep
+    add: ChannelsLastStep
+    other: str  # the add's other operand (computed before the convolution)
+    residual: ResidualAdd
+
+    @classmethod
+    def of(cls, conv: ChannelsLastStep, add: ChannelsLastStep, other: str, conv_side: int) -> NativeResidualStep | None:
+        """None unless the add's requantize is a float32 form."""
+        lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier = add.alignment
+        if conv_side == 0:
+            alignment = (lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier)
+        else:
+            alignment = (rhs_zero, lhs_zero, rhs_multiplier, lhs_multiplier)
+        channels = add.spatial_channels[-1]
+        residual = ResidualAdd.of(add.form, add.integer_form(), add.out_type, channels, alignment)
+        return None if residual is None else cls(conv, add, other, residual)
+
+    def __call__(self, x: np.ndarray, other_rows: np.ndarray, out: np.ndarray) -> tuple[int, int, int, int]:
+        """x: the convolution's input; other_rows: ``channels_last_rows`` of the other operand."""
+        conv = self.conv
+        return conv.native.requantize_into(x, conv.form, conv.integer_form(), out, self.residual.with_other(other_rows))

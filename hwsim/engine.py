@@ -36,6 +36,7 @@ from threadpoolctl import ThreadpoolController
 
 from hwsim.channels_last import (
     ChannelsLastStep,
+    NativeResidualStep,
     ResidualStep,
     add_alignment,
     channels_last_rows,
@@ -230,8 +231,6 @@ class Engine:
             consumers = self.graph.consumers(tensor)
             if conv_step is None or conv_step.conv is None or len(consumers) != 1 or tensor in self.graph.outputs:
                 continue
-            if conv_step.native is not None:
-                continue  # its requantized output is already written in one pass; the add reads it
             add = consumers[0]
             add_step = self.channels_last.get(add.name)
             if add_step is None or add.op is not Op.ADD or add.inputs[0] == add.inputs[1]:
@@ -240,7 +239,8 @@ class Engine:
             other = add.inputs[1 - side]
             if other in producer and order[producer[other]] > order[name]:
                 continue  # not computed yet when the convolution runs
-            step = ResidualStep.of(conv_step, add_step, other, side)
+            fuse = NativeResidualStep.of if conv_step.native is not None else ResidualStep.of
+            step = fuse(conv_step, add_step, other, side)
             if step is not None:
                 steps[name] = (step, requant_node, add, self.fused[add.name])
         return steps

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -40,6 +40,17 @@ class Geometry(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_int64)
         for name in ("n", "hp", "wp", "cp", "o", "kh", "kw", "sh", "sw", "dh", "dw", "oh", "ow", "pad_top", "pad_left")
+    ]
+
+
+class Residual(ctypes.Structure):
+    _fields_ = [
+        ("add", ctypes.c_void_p),
+        ("other", ctypes.c_void_p),
+        *(
+            (name, ctypes.c_int64)
+            for name in ("other_kind", "own_zero", "other_zero", "own_multiplier", "other_multiplier")
+        ),
     ]
 
 
@@ -71,12 +82,11 @@ def library() -> ctypes.CDLL | None:
             lib.qc_source_sha256.restype = ctypes.c_char_p
             pointer = ctypes.c_void_p
             lib.qc_dense.restype = lib.qc_depthwise.restype = ctypes.c_int64
-            lib.qc_dense.argtypes = [ctypes.c_int64, pointer, pointer, pointer, pointer, pointer, pointer, pointer]
+            lib.qc_dense.argtypes = [ctypes.c_int64, *[pointer] * 8]
             lib.qc_depthwise.argtypes = [ctypes.c_int64, pointer, ctypes.c_int64, pointer, pointer, pointer, pointer,
                                          pointer]  # fmt: skip
             lib.qc_depthwise_fast.restype = ctypes.c_int64
-            lib.qc_depthwise_fast.argtypes = [ctypes.c_int64, pointer, pointer, pointer, pointer, pointer, pointer,
-                                              pointer]  # fmt: skip
+            lib.qc_depthwise_fast.argtypes = [ctypes.c_int64, *[pointer] * 8]
             lib.qc_requantize_rows.restype = ctypes.c_int64
             lib.qc_requantize_rows.argtypes = [ctypes.c_int64, pointer, ctypes.c_int64, ctypes.c_int64, pointer,
                                                pointer, pointer]  # fmt: skip
@@ -159,7 +169,7 @@ class NativeRequant:
         """acc: float32, C-contiguous, a multiple of ``channels`` long; out: as many of the output type."""
         if acc.dtype != np.float32 or not acc.flags.c_contiguous or out.size != acc.size or acc.size % self.channels:
             raise ValueError("native requantize: accumulators and output do not match")
-        counts = np.zeros(2, dtype=np.int64)
+        counts = np.zeros(4, dtype=np.int64)
         status = library().qc_requantize_rows(
             self.variant, acc.ctypes.data, acc.size // self.channels, self.channels, ctypes.byref(self.args.struct),
             out.ctypes.data, counts.ctypes.data,
@@ -264,12 +274,15 @@ class NativeConv:
             array = buffers[role] = np.full(shape, self.zero_point, dtype=np.uint8)
         return array
 
-    def requantize_into(self, x: np.ndarray, form, int_form, out: np.ndarray) -> tuple[int, int]:
+    def requantize_into(
+        self, x: np.ndarray, form, int_form, out: np.ndarray, residual: ResidualAdd | None = None
+    ) -> tuple[int, ...]:
         """x: logical [N, C, H, W] integers; out: [N, OH, OW, O] (C order) of the output type. Writes the
-        convolution requantized by ``form`` (``int_form``: its int64 form) into ``out``; returns
-        (saturations, overflows)."""
+        convolution requantized by ``form`` (``int_form``: its int64 form) into ``out``, or with ``residual``
+        the requantized residual add that this result feeds. Returns (saturations, overflows), with a
+        residual also the add's (saturations, overflows)."""
         lib = library()
-        epilogue = self.epilogue(form, int_form, out.dtype)
+        epilogue = self.epilogue(form, int_form, out.dtype if residual is None else np.dtype(np.int32))
         fast_depthwise = self.depthwise and self.variant == AVX512 and epilogue.rule != RULE_INT
         source, height, width = self._input(x, padded=not self.depthwise)
         batch = x.shape[0]
@@ -284,29 +297,67 @@ class NativeConv:
         if self.pointwise:  # every pixel of the batch in one row: full register tiles
             geometry.n, geometry.hp, geometry.oh = 1, 1, 1
             geometry.wp = geometry.ow = batch * height * width
-        counts = np.zeros(2, dtype=np.int64)
+        counts = np.zeros(4, dtype=np.int64)
         pointer = ctypes.byref
+        extra = None if residual is None else pointer(residual.bind(out))
         if fast_depthwise:
             status = lib.qc_depthwise_fast(
                 self.variant, source.ctypes.data, self.zero_row.ctypes.data, self.lane_weights.ctypes.data,
-                pointer(geometry), pointer(epilogue), out.ctypes.data, counts.ctypes.data,
+                pointer(geometry), pointer(epilogue), extra, out.ctypes.data, counts.ctypes.data,
             )  # fmt: skip
-        elif self.depthwise:
+        elif self.depthwise and residual is None:
             status = lib.qc_depthwise(  # the portable loops: taps outside the input skipped, any rule
                 PORTABLE, source.ctypes.data, self.zero_point, self.weights.ctypes.data, pointer(geometry),
                 pointer(epilogue), out.ctypes.data, counts.ctypes.data,
             )  # fmt: skip
-        else:
+        elif not self.depthwise:
             scratch = self._work.__dict__.get("sums")
             if scratch is None or scratch.size < self.out_channels:
                 scratch = self._work.sums = np.empty(self.out_channels, dtype=np.int32)
             status = lib.qc_dense(
                 self.variant, source.ctypes.data, self.weights.ctypes.data, pointer(geometry), pointer(epilogue),
-                out.ctypes.data, counts.ctypes.data, scratch.ctypes.data,
+                extra, out.ctypes.data, counts.ctypes.data, scratch.ctypes.data,
             )  # fmt: skip
+        else:
+            status = -2
         if status != 0:
-            raise RuntimeError(f"native convolution: variant {self.variant} does not run on this CPU")
-        return int(counts[0]), int(counts[1])
+            raise RuntimeError(f"native convolution: variant {self.variant} cannot run this layer here ({status})")
+        return tuple(int(c) for c in counts[: 2 if residual is None else 4])
+
+
+@dataclass
+class ResidualAdd:
+    """The residual add a native convolution's requantized output feeds, with the add's requantize: the
+    kernel computes (own - own zero) * own multiplier + (other - other zero) * other multiplier in int32
+    (the add form's bound keeps it below 2**24) and requantizes that, so the convolution's result is
+    never stored."""
+
+    args: EpilogueArgs  # the add's requantize (float32 rule)
+    alignment: tuple[int, int, int, int]  # own zero point, other's, own multiplier, other's
+    other: np.ndarray | None = None  # flat channels-last rows of the other operand, set by ``with_other``
+    _struct: Residual | None = None
+
+    @classmethod
+    def of(cls, add_form, add_int_form, out_dtype, channels: int, alignment) -> ResidualAdd | None:
+        """None unless the add's requantize is a float32 form (``native_fits``)."""
+        if not native_fits(add_form, add_int_form):
+            return None
+        args = EpilogueArgs.of(add_form, add_int_form, np.dtype(out_dtype), np.zeros(channels, np.int64))
+        return cls(args, tuple(int(value) for value in alignment))
+
+    def with_other(self, other: np.ndarray) -> ResidualAdd:
+        """This add for one call: ``other`` converted to a type the kernels read if it is not one."""
+        if other.dtype not in OUT_KINDS or not other.flags.c_contiguous:
+            other = np.ascontiguousarray(other, dtype=np.int32)
+        return replace(self, other=other, _struct=None)
+
+    def bind(self, out: np.ndarray) -> Residual:
+        if self.other is None or self.other.size != out.size:
+            raise ValueError("native residual: the other operand does not match the output")
+        self._struct = Residual(
+            ctypes.addressof(self.args.struct), self.other.ctypes.data, OUT_KINDS[self.other.dtype], *self.alignment
+        )
+        return self._struct
 
 
 def pack_dense(weight: np.ndarray) -> np.ndarray:

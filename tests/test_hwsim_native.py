@@ -73,13 +73,14 @@ def layers(draw):
     return weight, x, (x_min, x_max), zero_point, geometry
 
 
-def requant_form(draw, rule: str, centred: np.ndarray, bound: int, channels: int, rng):
-    """A requantize form of ``rule`` for sums of magnitude <= bound, or None where that rule does not apply."""
+def requant_form(draw, rule: str, centred: np.ndarray, bound: int, channels: int, rng, with_bias: bool = True):
+    """A requantize form of ``rule`` for sums of magnitude <= bound (plus a random bias unless ``with_bias``
+    is False: an add's), or None where that rule does not apply."""
     zero_point = draw(st.integers(-100, 100))
     clip_min = draw(st.integers(-300, 100))
     clips = (clip_min, draw(st.integers(clip_min, 300)))
     acc_limits = _limits(draw(st.sampled_from([16, 20, 32])))
-    bias = rng.integers(-(bound // 8) - 1, bound // 8 + 1, channels)
+    bias = rng.integers(-(bound // 8) - 1, bound // 8 + 1, channels) * with_bias
     bound += int(np.abs(bias).max())
     if rule == "float":
         shift = rng.integers(0, 12, channels)
@@ -161,3 +162,55 @@ def test_native_requantize_rows_equal_the_integer_rule(case, rule, out_type, see
         numba_out = np.empty(acc.size, dtype=out_type)  # and the Numba kernel it replaces, for the record
         kernel = REQUANT_KERNELS[form.kind]
         assert kernel(acc.astype(np.float32).reshape(-1), *form.coeffs, form.bias, *form.limits, numba_out) == counts
+
+
+@needs_library
+@needs_onednn
+@pytest.mark.skipif(not native_conv.available(), reason="the fused residual runs only on the AVX-512 VNNI kernels")
+@SETTINGS
+@given(layer=layers(), rules=st.tuples(st.sampled_from(["float", "checked"]), st.sampled_from(["float", "checked"])),
+       other_type=st.sampled_from([np.uint8, np.int8, np.int16]), out_type=st.sampled_from(OUT_TYPES),
+       seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
+def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_type, seed, data) -> None:
+    """Convolution, requantize, residual add with another tensor, the add's requantize: one kernel."""
+    weight, x, (x_min, x_max), zero_point, geometry = layer
+    assume(geometry[3] == 1 or weight.shape[1] == 1)  # dense or depthwise
+    conv = int8_conv.plan_int8_conv(weight, x_min, x_max, zero_point, *geometry)
+    assume(conv is not None)
+    stride, padding, dilation, _, _ = geometry
+    centred = int8_conv.reference_conv(x, weight, zero_point, stride, padding, dilation)
+    out_channels = weight.shape[0]
+    magnitude = int(np.abs(weight.reshape(out_channels, -1)).sum(axis=1).max())
+    bound = magnitude * max(abs(x_min - zero_point), abs(x_max - zero_point))
+    rng = np.random.default_rng(seed)
+    made = requant_form(data.draw, rules[0], centred, bound, out_channels, rng)
+    assume(made is not None)
+    form, int_form, (multiplier, shift, bias, own_zero_point, clips, acc_limits) = made
+    acc_bits = int(np.log2(acc_limits[1] + 1)) + 1
+    own, saturations, overflows = _integer_requant(centred + bias, multiplier, shift, own_zero_point, clips, acc_bits)
+    info = np.iinfo(other_type)
+    other = rng.integers(info.min, int(info.max) + 1, own.shape).astype(other_type)
+    other_zero = data.draw(st.integers(int(info.min), int(info.max)))
+    own_zero = data.draw(st.integers(-20, 20))
+    multipliers = (data.draw(st.integers(-(2**9), 2**9)), data.draw(st.integers(-(2**9), 2**9)))
+    total = (own - own_zero) * multipliers[0] + (other.astype(np.int64) - other_zero) * multipliers[1]
+    own_range = max(abs(clips[0] - own_zero), abs(clips[1] - own_zero))
+    other_range = max(abs(int(info.min) - other_zero), abs(int(info.max) - other_zero))
+    add_bound = own_range * abs(multipliers[0]) + other_range * abs(multipliers[1])
+    made = requant_form(data.draw, rules[1], total, add_bound, out_channels, rng, with_bias=False)
+    assume(made is not None)
+    add_form, add_int_form, (add_multiplier, add_shift, _, add_zero, add_clips, add_limits) = made
+    add_bits = int(np.log2(add_limits[1] + 1)) + 1
+    expected, add_saturations, add_overflows = _integer_requant(
+        total, add_multiplier, add_shift, add_zero, add_clips, add_bits
+    )
+    alignment = (own_zero, other_zero, *multipliers)
+    residual = native_conv.ResidualAdd.of(add_form, add_int_form, out_type, out_channels, alignment)
+    assert residual is not None
+    native = plan_native_conv(conv, AVX512, KINDS)
+    out = np.empty(expected.shape, dtype=out_type)
+    counts = native.requantize_into(x, form, int_form, out, residual.with_other(other.reshape(-1)))
+    np.testing.assert_array_equal(out, expected.astype(out_type))
+    assert counts == (
+        saturations, overflows if form.limits[6] else 0, add_saturations, add_overflows if add_form.limits[6] else 0
+    )

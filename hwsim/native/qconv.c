@@ -43,6 +43,14 @@ typedef struct {
     int64_t out_kind; /* 0 uint8, 1 int8, 2 int16, 3 int32 */
 } qc_epilogue;
 
+/* A residual add fed by the kernel's requantized output (`own`), with its own requantize (a float32 rule). */
+typedef struct {
+    const qc_epilogue *add;
+    const void *other; /* the add's other operand: the output's layout and size */
+    int64_t other_kind; /* 0 uint8, 1 int8, 2 int16, 3 int32 */
+    int64_t own_zero, other_zero, own_multiplier, other_multiplier;
+} qc_residual;
+
 /* The int64 rule for one centred sum (+ bias): (clipped result, saturated?). */
 static inline int64_t qc_rule_int(int64_t v, int64_t c, const qc_epilogue *e, int64_t *saturated) {
     const int64_t p = v * e->multiplier[c], s = e->shift[c];
@@ -221,8 +229,9 @@ QC_TILE512(1, 3)
 QC_TILE512(1, 2)
 QC_TILE512(1, 1)
 
-/* qc_requantize with the float32 rules in 16-lane vectors (the int64 rule stays scalar): the same
- * operations in the same order, so the same results and counts. */
+/* ---- the float32 epilogue in 16-lane vectors: the same operations in the same order as the scalar
+ * rule (and as hwsim.kernels.requant / requant_checked), so the same results and counts ---- */
+
 /* The checked rule's cold path: lanes `near` of q redone with the int64 rule, their counts corrected. */
 QC_AVX512 __attribute__((noinline)) static __m512i qc_redo_near(const qc_epilogue *e, __m512i q, __m512 v, __m512 p,
                                                                __mmask16 near, int64_t c, int64_t *corrections) {
@@ -242,138 +251,202 @@ QC_AVX512 __attribute__((noinline)) static __m512i qc_redo_near(const qc_epilogu
     return _mm512_loadu_si512(lanes);
 }
 
-/* Constants of the float32 epilogue, loaded once per call. */
+/* One requantize stage (a float32 rule): its constants, loaded once per kernel call, and its counters. */
 typedef struct {
+    const qc_epilogue *e;
     __m512i zero, low, high;
     __m512 half, acc_low, acc_high, error, magnitude;
-} qc_epi512;
+    int checked, low_counts, check_overflow;
+} qc_stage512;
 
-/* Requantize 16 values v (mask m; sum + bias, exact integers in float32) of channels c.. with the float32
- * rule of e: round half to even, zero point, clip, counting; checked rules redo the lanes near a half. */
-QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(
-    const qc_epi512 *k, const qc_epilogue *e, __m512 v, const float *scale, int64_t c, __mmask16 m,
-    __m512i *saturated, __m512i *overflowed, int64_t *corrections, const int checked, const int low_counts,
-    const int check_overflow) {
-    if (check_overflow) {
-        const __mmask16 outside = _mm512_mask_cmp_ps_mask(m, v, k->acc_low, _CMP_LT_OQ) |
-                                  _mm512_mask_cmp_ps_mask(m, v, k->acc_high, _CMP_GT_OQ);
-        *overflowed = _mm512_sub_epi32(*overflowed, _mm512_movm_epi32(outside));
+/* One stage's counters, kept apart from the constants: a kernel holds them in local variables (registers;
+ * a counter in memory would chain every vector's update through a store and a load). */
+typedef struct {
+    __m512i saturated, overflowed;
+    int64_t corrections;
+} qc_tally512;
+
+/* A kernel's epilogue: its requantize (`first`), and optionally the residual add it feeds, computed in
+ * int32 from the first result and the other operand, with that add's requantize (`second`). */
+typedef struct {
+    qc_stage512 first, second;
+    int residual;
+    const void *other;
+    int64_t other_kind, out_kind;
+    __m512i own_zero, other_zero, own_multiplier, other_multiplier;
+} qc_ctx512;
+
+QC_AVX512 __attribute__((always_inline)) static inline void qc_stage_init(qc_stage512 *s, const qc_epilogue *e) {
+    s->e = e;
+    s->zero = _mm512_set1_epi32((int32_t)e->zero_point);
+    s->low = _mm512_set1_epi32((int32_t)e->clip_min);
+    s->high = _mm512_set1_epi32((int32_t)e->clip_max);
+    s->half = _mm512_set1_ps(0.5f);
+    s->acc_low = _mm512_set1_ps((float)e->acc_min);
+    s->acc_high = _mm512_set1_ps((float)e->acc_max);
+    s->error = _mm512_set1_ps(e->error);
+    s->magnitude = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    s->checked = e->rule == 2;
+    s->low_counts = (int)e->low_counts;
+    s->check_overflow = (int)e->check_overflow;
+}
+
+QC_AVX512 __attribute__((always_inline)) static inline void qc_ctx_init(qc_ctx512 *x, const qc_epilogue *e, const qc_residual *r) {
+    qc_stage_init(&x->first, e);
+    x->residual = r != NULL;
+    x->out_kind = e->out_kind;
+    if (r) {
+        qc_stage_init(&x->second, r->add);
+        x->other = r->other;
+        x->other_kind = r->other_kind;
+        x->out_kind = r->add->out_kind;
+        x->own_zero = _mm512_set1_epi32((int32_t)r->own_zero);
+        x->other_zero = _mm512_set1_epi32((int32_t)r->other_zero);
+        x->own_multiplier = _mm512_set1_epi32((int32_t)r->own_multiplier);
+        x->other_multiplier = _mm512_set1_epi32((int32_t)r->other_multiplier);
     }
-    __m512 p = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, scale + c));
+}
+
+/* counts[0], counts[1]: the first stage's saturations and overflows; counts[2], counts[3]: the add's. */
+QC_AVX512 __attribute__((always_inline)) static inline void qc_ctx_finish(const qc_ctx512 *x, const qc_tally512 *t1,
+                                                                          const qc_tally512 *t2, int64_t *counts) {
+    const qc_stage512 *stages[2] = {&x->first, &x->second};
+    const qc_tally512 *tallies[2] = {t1, t2};
+    for (int i = 0; i < 1 + x->residual; i++) {
+        counts[2 * i] += _mm512_reduce_add_epi32(tallies[i]->saturated) + tallies[i]->corrections;
+        counts[2 * i + 1] += stages[i]->check_overflow ? _mm512_reduce_add_epi32(tallies[i]->overflowed) : 0;
+    }
+}
+
+/* Requantize 16 values v (mask m; sum + bias, exact integers in float32) of channels c..: round half to
+ * even, zero point, clip, counting; the checked rule redoes the lanes near a half in int64. */
+QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(const qc_stage512 *s, qc_tally512 *t,
+                                                                           __m512 v, int64_t c, __mmask16 m,
+                                                                           const int checked, const int low_counts,
+                                                                           const int check_overflow) {
+    if (check_overflow) {
+        const __mmask16 outside = _mm512_mask_cmp_ps_mask(m, v, s->acc_low, _CMP_LT_OQ) |
+                                  _mm512_mask_cmp_ps_mask(m, v, s->acc_high, _CMP_GT_OQ);
+        t->overflowed = _mm512_sub_epi32(t->overflowed, _mm512_movm_epi32(outside));
+    }
+    __m512 p = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, s->e->scale_f + c));
     if (checked) /* past 2**30 a product only clips (|zero point|, |clip limits| < 2**21): keep it in int32 */
         p = _mm512_min_ps(_mm512_max_ps(p, _mm512_set1_ps(-0x1p30f)), _mm512_set1_ps(0x1p30f));
     /* round half to even in the conversion itself (|p| < 2**24 for rule 1), then zero point and clip */
     __m512i q = _mm512_add_epi32(_mm512_cvt_roundps_epi32(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                                 k->zero);
-    *saturated = _mm512_sub_epi32(*saturated, _mm512_movm_epi32(_mm512_mask_cmpgt_epi32_mask(m, q, k->high)));
+                                 s->zero);
+    t->saturated = _mm512_sub_epi32(t->saturated, _mm512_movm_epi32(_mm512_mask_cmpgt_epi32_mask(m, q, s->high)));
     if (low_counts)
-        *saturated = _mm512_sub_epi32(*saturated, _mm512_movm_epi32(_mm512_mask_cmplt_epi32_mask(m, q, k->low)));
-    q = _mm512_max_epi32(_mm512_min_epi32(q, k->high), k->low);
+        t->saturated = _mm512_sub_epi32(t->saturated, _mm512_movm_epi32(_mm512_mask_cmplt_epi32_mask(m, q, s->low)));
+    q = _mm512_max_epi32(_mm512_min_epi32(q, s->high), s->low);
     if (checked) {
         const __m512 below = _mm512_roundscale_ps(p, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        const __m512 distance = _mm512_and_ps(_mm512_sub_ps(_mm512_sub_ps(p, below), k->half), k->magnitude);
+        const __m512 distance = _mm512_and_ps(_mm512_sub_ps(_mm512_sub_ps(p, below), s->half), s->magnitude);
         const __mmask16 near = _mm512_mask_cmp_ps_mask(
-            m, distance, _mm512_mul_ps(_mm512_and_ps(p, k->magnitude), k->error), _CMP_LE_OQ);
-        if (near) q = qc_redo_near(e, q, v, p, near, c, corrections);
+            m, distance, _mm512_mul_ps(_mm512_and_ps(p, s->magnitude), s->error), _CMP_LE_OQ);
+        if (near) { /* a local for the cold path's count: the stage's address must not escape (registers) */
+            int64_t delta = 0;
+            q = qc_redo_near(s->e, q, v, p, near, c, &delta);
+            t->corrections += delta;
+        }
     }
     return q;
 }
 
-/* Store 16 results (mask m) as out_kind at out[at..]. */
+/* 16 integers (mask m) of type `kind` at base[at..] as int32 lanes. */
+QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_load512(const void *base, int64_t at, int64_t kind,
+                                                                          __mmask16 m) {
+    switch (kind) {
+    case 0: return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)base + at));
+    case 1: return _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)base + at));
+    case 2: return _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, (const int16_t *)base + at));
+    default: return _mm512_maskz_loadu_epi32(m, (const int32_t *)base + at);
+    }
+}
+
+/* Store 16 results (mask m) as `kind` at out[at..]. */
 QC_AVX512 __attribute__((always_inline)) static inline void qc_store512(__m512i q, __mmask16 m, void *out, int64_t at,
-                                                                        const int64_t out_kind) {
-    if ((out_kind == 0 || out_kind == 1) && m == (__mmask16)0xffff) {
+                                                                        int64_t kind) {
+    if ((kind == 0 || kind == 1) && m == (__mmask16)0xffff) {
         __m128i bytes = _mm512_cvtepi32_epi8(q);
         __asm__("" : "+v"(bytes)); /* keep vpmovdb in registers: its memory form is much slower */
         _mm_storeu_si128((__m128i *)((int8_t *)out + at), bytes);
-    } else if (out_kind == 0 || out_kind == 1)
+    } else if (kind == 0 || kind == 1)
         _mm_mask_storeu_epi8((int8_t *)out + at, m, _mm512_cvtepi32_epi8(q));
-    else if (out_kind == 2)
+    else if (kind == 2)
         _mm256_mask_storeu_epi16((int16_t *)out + at, m, _mm512_cvtepi32_epi16(q));
     else
         _mm512_mask_storeu_epi32((int32_t *)out + at, m, q);
 }
 
-QC_AVX512 static inline qc_epi512 qc_constants512(const qc_epilogue *e) {
-    const qc_epi512 k = {
-        _mm512_set1_epi32((int32_t)e->zero_point), _mm512_set1_epi32((int32_t)e->clip_min),
-        _mm512_set1_epi32((int32_t)e->clip_max), _mm512_set1_ps(0.5f), _mm512_set1_ps((float)e->acc_min),
-        _mm512_set1_ps((float)e->acc_max), _mm512_set1_ps(e->error), _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)),
-    };
-    return k;
+/* The epilogue of 16 values v of channels c.. whose output goes to out[at..]. The residual's sum
+ * (own - own zero) * own multiplier + (other - other zero) * other multiplier is an integer below 2**24
+ * (the add form's bound), so int32 and its float32 conversion are exact. */
+QC_AVX512 __attribute__((always_inline)) static inline void qc_emit512(const qc_ctx512 *x, qc_tally512 *t1,
+                                                                       qc_tally512 *t2, __m512 v, int64_t c,
+                                                                       __mmask16 m, int64_t at, void *out,
+                                                                       const int residual, const int checked,
+                                                                       const int low_counts, const int check_overflow,
+                                                                       const int64_t out_kind) {
+    const qc_stage512 *f = &x->first;
+    __m512i q = residual ? qc_round512(f, t1, v, c, m, f->checked, f->low_counts, f->check_overflow)
+                         : qc_round512(f, t1, v, c, m, checked, low_counts, check_overflow);
+    if (residual) {
+        const __m512i other = qc_load512(x->other, at, x->other_kind, m);
+        const __m512i total =
+            _mm512_add_epi32(_mm512_mullo_epi32(_mm512_sub_epi32(q, x->own_zero), x->own_multiplier),
+                             _mm512_mullo_epi32(_mm512_sub_epi32(other, x->other_zero), x->other_multiplier));
+        const __m512 value =
+            _mm512_add_ps(_mm512_cvtepi32_ps(total), _mm512_maskz_loadu_ps(m, x->second.e->bias_f + c));
+        const qc_stage512 *s2 = &x->second;
+        q = qc_round512(s2, t2, value, c, m, s2->checked, s2->low_counts, s2->check_overflow);
+    }
+    qc_store512(q, m, out, at, out_kind);
 }
 
-/* One vector of 16 (mask m) sums of channels c0 + i.. into out[at + i..]: int32 sums less the correction,
- * or float32 accumulators (float_in: oneDNN's, integers below 2**24), plus bias, requantized. */
-QC_AVX512 __attribute__((always_inline)) static inline void qc_vector512(
-    const qc_epi512 *k, const qc_epilogue *e, const int32_t *acc, const int32_t *correction, const float *scale,
-    const float *bias, int64_t c0, int64_t i, __mmask16 m, int64_t at, void *out, __m512i *saturated,
-    __m512i *overflowed, int64_t *corrections, const int checked, const int low_counts, const int check_overflow,
-    const int64_t out_kind, const int float_in) {
-    __m512 v;
-    if (float_in) {
-        v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, (const float *)acc + i), _mm512_maskz_loadu_ps(m, bias + i));
-    } else {
-        const __m512i sums =
-            _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, acc + i), _mm512_maskz_loadu_epi32(m, correction + i));
-        v = _mm512_add_ps(_mm512_cvtepi32_ps(sums), _mm512_maskz_loadu_ps(m, bias + i));
-    }
-    const __m512i q = qc_round512(k, e, v, scale - c0, c0 + i, m, saturated, overflowed, corrections, checked,
-                                  low_counts, check_overflow);
-    qc_store512(q, m, out, at + i, out_kind);
-}
-
-QC_AVX512 static void qc_requantize_avx512(const int32_t *acc, int64_t pixels, int64_t acc_stride,
-                                           int64_t width, int64_t c0, const qc_epilogue *e, int64_t at,
-                                           int64_t out_stride, void *out, int64_t *counts, const int float_in) {
-    if (e->rule == 0) { /* int32 sums only (qc_requantize_rows refuses rule 0) */
-        for (int64_t p = 0; p < pixels; p++)
-            qc_requantize(acc + p * acc_stride, width, c0, e, at + p * out_stride, out, counts);
-        return;
-    }
-    /* every field in a local: stores through `out` (a char type) could alias *e */
+/* Requantize `pixels` rows of `width` sums of channels c0.. (acc: int32 sums less the correction, or with
+ * float_in oneDNN's float32 accumulators, integers below 2**24), rows acc_stride / out_stride apart. */
+QC_AVX512 __attribute__((always_inline)) static inline void qc_rows512(
+    const qc_ctx512 *x, qc_tally512 *t1, qc_tally512 *t2, const int32_t *acc, int64_t pixels, int64_t acc_stride, int64_t width, int64_t c0, int64_t at,
+    int64_t out_stride, void *out, const int float_in, const int residual, const int checked, const int low_counts,
+    const int check_overflow, const int64_t out_kind) {
+    const qc_epilogue *e = x->first.e;
+    /* fresh counters for this call (the caller's live across its opaque tile calls, which clobber registers) */
+    qc_tally512 n1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, n2 = n1;
     const int32_t *correction = e->correction + c0;
-    const float *scale = e->scale_f + c0, *bias = e->bias_f + c0;
-    const qc_epi512 k = qc_constants512(e);
-    __m512i saturated = _mm512_setzero_si512(), overflowed = _mm512_setzero_si512();
-    int64_t corrections = 0;
-    const int64_t full = width / 16 * 16;
-    const __mmask16 tail = (__mmask16)((1u << (width - full)) - 1);
-    const int checked = e->rule == 2, low_counts = (int)e->low_counts, check_overflow = (int)e->check_overflow;
-    const int64_t out_kind = e->out_kind;
-    /* the common cases with their flags as constants (the vector body then has no branches) */
-#define QC_PIXELS(CHECKED, LOW, OVERFLOW, KIND, FLOAT_IN)                                                               \
-    for (int64_t pixel = 0; pixel < pixels; pixel++, acc += acc_stride, at += out_stride) {                    \
-        for (int64_t i = 0; i < full; i += 16)                                                                 \
-            qc_vector512(&k, e, acc, correction, scale, bias, c0, i, (__mmask16)0xffff, at, out, &saturated,   \
-                         &overflowed, &corrections, CHECKED, LOW, OVERFLOW, KIND, FLOAT_IN);                    \
-        if (tail)                                                                                              \
-            qc_vector512(&k, e, acc, correction, scale, bias, c0, full, tail, at, out, &saturated, &overflowed, \
-                         &corrections, CHECKED, LOW, OVERFLOW, KIND, FLOAT_IN);                                 \
-    }
-    const int common = !check_overflow && out_kind <= 1;
-    if (float_in) {
-        if (common && !checked && !low_counts) {
-            QC_PIXELS(0, 0, 0, 0, 1)
-        } else if (common && checked && !low_counts) {
-            QC_PIXELS(1, 0, 0, 0, 1)
-        } else {
-            QC_PIXELS(checked, low_counts, check_overflow, out_kind, 1)
+    const float *bias = e->bias_f + c0;
+    for (int64_t pixel = 0; pixel < pixels; pixel++, acc += acc_stride, at += out_stride)
+        for (int64_t i = 0; i < width; i += 16) {
+            const __mmask16 m = width - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (width - i)) - 1);
+            __m512 v;
+            if (float_in) {
+                v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, (const float *)acc + i), _mm512_maskz_loadu_ps(m, bias + i));
+            } else {
+                const __m512i sums = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, acc + i),
+                                                      _mm512_maskz_loadu_epi32(m, correction + i));
+                v = _mm512_add_ps(_mm512_cvtepi32_ps(sums), _mm512_maskz_loadu_ps(m, bias + i));
+            }
+            qc_emit512(x, &n1, &n2, v, c0 + i, m, at + i, out, residual, checked, low_counts, check_overflow, out_kind);
         }
-    } else if (common && !checked && !low_counts) {
-        QC_PIXELS(0, 0, 0, 0, 0)
-    } else if (common && !checked && low_counts) {
-        QC_PIXELS(0, 1, 0, 0, 0)
-    } else if (common && checked && !low_counts) {
-        QC_PIXELS(1, 0, 0, 0, 0)
-    } else if (common && checked && low_counts) {
-        QC_PIXELS(1, 1, 0, 0, 0)
-    } else {
-        QC_PIXELS(checked, low_counts, check_overflow, out_kind, 0)
+    t1->saturated = _mm512_add_epi32(t1->saturated, n1.saturated);
+    t1->overflowed = _mm512_add_epi32(t1->overflowed, n1.overflowed);
+    t1->corrections += n1.corrections;
+    if (residual) {
+        t2->saturated = _mm512_add_epi32(t2->saturated, n2.saturated);
+        t2->overflowed = _mm512_add_epi32(t2->overflowed, n2.overflowed);
+        t2->corrections += n2.corrections;
     }
-#undef QC_PIXELS
-    counts[0] += _mm512_reduce_add_epi32(saturated) + corrections;
-    counts[1] += check_overflow ? _mm512_reduce_add_epi32(overflowed) : 0;
+}
+
+QC_AVX512 static void qc_requantize_rows_avx512(const float *acc, int64_t pixels, int64_t channels,
+                                                const qc_epilogue *e, void *out, int64_t *counts) {
+    qc_ctx512 ctx;
+    qc_ctx_init(&ctx, e, NULL);
+    qc_tally512 t1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, t2 = t1;
+    const qc_stage512 *f = &ctx.first;
+    qc_rows512(&ctx, &t1, &t2, (const int32_t *)acc, pixels, channels, channels, 0, 0, channels, out, 1, 0, f->checked,
+               f->low_counts, f->check_overflow, ctx.out_kind);
+    qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
 
 typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const qc_geometry *, int32_t *);
@@ -382,11 +455,14 @@ static const qc_tile_fn qc_tiles512[2][QC_MAX_B] = {
     {qc_tile512_8_1, qc_tile512_8_2, qc_tile512_8_3},
 };
 
-QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const qc_geometry *g,
-                                      const qc_epilogue *e, void *out, int64_t *counts) {
+QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const qc_geometry *g, const qc_epilogue *e,
+                                      const qc_residual *r, void *out, int64_t *counts) {
     const int64_t blocks = (g->o + 15) / 16, block_stride = g->kh * g->kw * (g->cp / 4) * 64;
     int32_t acc[QC_MAX_P * QC_MAX_B * 16];
     const uint8_t *pix[QC_MAX_P];
+    qc_ctx512 ctx;
+    qc_ctx_init(&ctx, e, r);
+    qc_tally512 t1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, t2 = t1;
     for (int64_t n = 0; n < g->n; n++)
         for (int64_t oy = 0; oy < g->oh; oy++)
             for (int64_t ox = 0; ox < g->ow;) {
@@ -397,17 +473,32 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
                     const int B = (int)(blocks - b < QC_MAX_B ? blocks - b : QC_MAX_B);
                     qc_tiles512[P == QC_MAX_P][B - 1](pix, w + b * block_stride, block_stride, g, acc);
                     const int64_t c0 = b * 16, width = g->o - c0 < B * 16 ? g->o - c0 : B * 16;
-                    qc_requantize_avx512(acc, P, QC_MAX_B * 16, width, c0, e,
-                                         ((n * g->oh + oy) * g->ow + ox) * g->o + c0, g->o, out, counts, 0);
+                    const int64_t at = ((n * g->oh + oy) * g->ow + ox) * g->o + c0;
+                    /* the common cases with constant flags (their loops then have no branches) */
+#define QC_ROWS(RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)                                                      \
+    qc_rows512(&ctx, &t1, &t2, acc, P, QC_MAX_B * 16, width, c0, at, g->o, out, 0, RESIDUAL, CHECKED, LOW, OVERFLOW, \
+               KIND)
+                    const qc_stage512 *f = &ctx.first;
+                    const int plain = !f->check_overflow && !f->low_counts && ctx.out_kind <= 1;
+                    if (ctx.residual && ctx.out_kind <= 1)
+                        QC_ROWS(1, 0, 0, 0, 0);
+                    else if (ctx.residual)
+                        QC_ROWS(1, 0, 0, 0, ctx.out_kind);
+                    else if (plain)
+                        f->checked ? QC_ROWS(0, 1, 0, 0, 0) : QC_ROWS(0, 0, 0, 0, 0);
+                    else
+                        QC_ROWS(0, f->checked, f->low_counts, f->check_overflow, ctx.out_kind);
+#undef QC_ROWS
                 }
                 ox += P;
             }
+    qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
 
 /* P output pixels of one row (`pix`: tap (0, 0) of the first; `step` bytes apart), 16 channels:
  * independent vpdpwssd chains (one chain would wait on its latency), the taps' weights in registers.
  * TAPS: a constant for 3 x 3, else the layer's count. */
-#define QC_DW_PIXELS(P, TAPS)                                                                                 \
+#define QC_DW_PIXELS(P, TAPS, RESIDUAL)                                                                               \
     do {                                                                                                      \
         __m512i sum[P];                                                                                       \
         for (int p = 0; p < P; p++) sum[p] = _mm512_setzero_si512();                                          \
@@ -415,12 +506,10 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
             for (int p = 0; p < P; p++)                                                                       \
                 sum[p] = _mm512_dpwssd_epi32(                                                                 \
                     sum[p], _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, pix + p * step + offsets[t])), wv[t]); \
-        for (int p = 0; p < P; p++) {                                                                         \
-            const __m512 value = _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum[p], correction)), bias); \
-            const __m512i q = qc_round512(&k, e, value, e->scale_f, c0, m, &saturated, &overflowed, &corrections, \
-                                          checked, low_counts, check_overflow);                                \
-            qc_store512(q, m, out, at + p * C, out_kind);                                                     \
-        }                                                                                                     \
+        for (int p = 0; p < P; p++)                                                                           \
+            qc_emit512(&ctx, &t1, &t2, _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum[p], correction)), bias), c0, m, \
+                       at + p * C, out, RESIDUAL, ctx.first.checked, ctx.first.low_counts,                      \
+                       ctx.first.check_overflow, ctx.out_kind);                                               \
     } while (0)
 
 /* Depthwise, channels-last, the input unpadded: a tap outside it reads `zero_row` (C bytes at the zero
@@ -429,16 +518,16 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
  * zero-extended activations with the weights in the low int16 half of each lane (the high half 0, so
  * the lane's product is exactly x * w). Interior pixels run 4 at a time (independent chains). */
 QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
-                                          const qc_geometry *g, const qc_epilogue *e, void *out, int64_t *counts) {
-    /* locals: stores through `out` (a char type) could alias *g and *e */
+                                          const qc_geometry *g, const qc_epilogue *e, const qc_residual *r, void *out,
+                                          int64_t *counts) {
+    /* locals: stores through `out` (a char type) could alias *g */
     const int64_t C = g->o, kh = g->kh, kw = g->kw, taps = kh * kw, n_count = g->n, oh = g->oh, ow = g->ow;
     const int64_t H = g->hp, W = g->wp, sh = g->sh, sw = g->sw, dh = g->dh, dw = g->dw;
-    const int64_t top = g->pad_top, left = g->pad_left, step = sw * C, out_kind = e->out_kind;
-    const int three = kh == 3 && kw == 3;
-    const qc_epi512 k = qc_constants512(e);
-    const int checked = e->rule == 2, low_counts = (int)e->low_counts, check_overflow = (int)e->check_overflow;
-    __m512i saturated = _mm512_setzero_si512(), overflowed = _mm512_setzero_si512();
-    int64_t corrections = 0;
+    const int64_t top = g->pad_top, left = g->pad_left, step = sw * C;
+    const int three = kh == 3 && kw == 3, residual = r != NULL;
+    qc_ctx512 ctx;
+    qc_ctx_init(&ctx, e, r);
+    qc_tally512 t1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, t2 = t1;
     int64_t offsets[QC_DW_TAPS];
     for (int64_t u = 0; u < kh; u++)
         for (int64_t v = 0; v < kw; v++) offsets[u * kw + v] = (u * dh * W + v * dw) * C;
@@ -462,42 +551,39 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
                 const int64_t row_at = ((n * oh + oy) * ow) * C + c0;
                 for (int64_t ox = 0; ox < ow;) {
                     const int64_t at = row_at + ox * C;
+                    const uint8_t *pix = row + ox * step;
                     if (rows_inside && ox >= x_lo && ox + 4 <= x_hi) {
-                        const uint8_t *pix = row + ox * step;
-                        if (three)
-                            QC_DW_PIXELS(4, 9);
+                        if (three && !residual)
+                            QC_DW_PIXELS(4, 9, 0);
+                        else if (three)
+                            QC_DW_PIXELS(4, 9, 1);
                         else
-                            QC_DW_PIXELS(4, taps);
+                            QC_DW_PIXELS(4, taps, residual);
                         ox += 4;
-                        continue;
-                    }
-                    if (rows_inside && ox >= x_lo && ox < x_hi) {
-                        const uint8_t *pix = row + ox * step;
-                        QC_DW_PIXELS(1, taps);
+                    } else if (rows_inside && ox >= x_lo && ox < x_hi) {
+                        QC_DW_PIXELS(1, taps, residual);
                         ox += 1;
-                        continue;
+                    } else { /* a border pixel: each tap's own pointer */
+                        for (int64_t u = 0; u < kh; u++)
+                            for (int64_t v = 0; v < kw; v++) {
+                                const int64_t iy = y0 + u * dh, ix = ox * sw - left + v * dw;
+                                tap[u * kw + v] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                                                      ? x + ((n * H + iy) * W + ix) * C + c0
+                                                      : zero_row + c0;
+                            }
+                        __m512i sum = _mm512_setzero_si512();
+                        for (int64_t t = 0; t < taps; t++)
+                            sum = _mm512_dpwssd_epi32(sum, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, tap[t])),
+                                                      wv[t]);
+                        qc_emit512(&ctx, &t1, &t2, _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum, correction)), bias),
+                                   c0, m, at, out, residual, ctx.first.checked, ctx.first.low_counts,
+                                   ctx.first.check_overflow, ctx.out_kind);
+                        ox += 1;
                     }
-                    /* a border pixel (or the last interior ones): each tap's own pointer */
-                    for (int64_t u = 0; u < kh; u++)
-                        for (int64_t v = 0; v < kw; v++) {
-                            const int64_t iy = y0 + u * dh, ix = ox * sw - left + v * dw;
-                            tap[u * kw + v] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
-                                                  ? x + ((n * H + iy) * W + ix) * C + c0
-                                                  : zero_row + c0;
-                        }
-                    __m512i sum = _mm512_setzero_si512();
-                    for (int64_t t = 0; t < taps; t++)
-                        sum = _mm512_dpwssd_epi32(sum, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, tap[t])), wv[t]);
-                    const __m512 value = _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum, correction)), bias);
-                    const __m512i q = qc_round512(&k, e, value, e->scale_f, c0, m, &saturated, &overflowed,
-                                                  &corrections, checked, low_counts, check_overflow);
-                    qc_store512(q, m, out, at, out_kind);
-                    ox += 1;
                 }
             }
     }
-    counts[0] += _mm512_reduce_add_epi32(saturated) + corrections;
-    counts[1] += check_overflow ? _mm512_reduce_add_epi32(overflowed) : 0;
+    qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
 #endif
 
@@ -523,23 +609,31 @@ int64_t qc_variants(void) {
     return variants;
 }
 
-/* variant 1: portable, 2: AVX-512 VNNI. scratch: int32[o] (portable only). Returns 0, or -1 for a bad variant. */
+/* Every entry point: variant 1 portable, 2 AVX-512 VNNI; counts: int64[4] (the requantize's saturations and
+ * overflows, then the residual add's); r: the residual add the output feeds, or NULL (AVX-512 only, float32
+ * rules). Returns 0; -1: the variant does not run here; -2: the rule or geometry is not covered. */
+
+/* Dense, padded input; scratch: int32[o] (portable only). */
 int64_t qc_dense(int64_t variant, const uint8_t *x, const int8_t *w, const qc_geometry *g, const qc_epilogue *e,
-                 void *out, int64_t *counts, int32_t *scratch) {
+                 const qc_residual *r, void *out, int64_t *counts, int32_t *scratch) {
+    if (r != NULL && (variant != 2 || e->rule == 0 || r->add->rule == 0)) return -2;
     if (variant == 1) {
         qc_dense_portable(x, w, g, e, out, counts, scratch);
         return 0;
     }
 #ifdef QC_HAVE_X86
     if (variant == 2 && (qc_variants() & 2)) {
-        qc_dense_avx512(x, w, g, e, out, counts);
+        if (e->rule == 0)
+            qc_dense_portable(x, w, g, e, out, counts, scratch); /* the int64 rule has no vector form here */
+        else
+            qc_dense_avx512(x, w, g, e, r, out, counts);
         return 0;
     }
 #endif
     return -1;
 }
 
-/* Unpadded input, taps outside skipped; weights int16 [kh * kw][C]; portable only (variant 1). */
+/* Depthwise, unpadded input, taps outside skipped; weights int16 [kh * kw][C]; portable only, no residual. */
 int64_t qc_depthwise(int64_t variant, const uint8_t *x, int64_t zero_u8, const int16_t *w, const qc_geometry *g,
                      const qc_epilogue *e, void *out, int64_t *counts) {
     if (variant != 1) return -1;
@@ -547,15 +641,16 @@ int64_t qc_depthwise(int64_t variant, const uint8_t *x, int64_t zero_u8, const i
     return 0;
 }
 
-/* Unpadded input; zero_row: C bytes at the zero point (what taps outside read); weights [kh * kw][C] as
- * int32 lanes holding (uint16) w; the epilogue's correction: zero point * sum(w). AVX-512 VNNI (variant 2),
+/* Depthwise, unpadded input; zero_row: C bytes at the zero point (what taps outside read); weights
+ * [kh * kw][C] as int32 lanes holding (uint16) w; the correction: zero point * sum(w). AVX-512 VNNI only,
  * float32 rules, kh * kw <= 25. */
 int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
-                          const qc_geometry *g, const qc_epilogue *e, void *out, int64_t *counts) {
-    if (e->rule == 0 || g->kh * g->kw > QC_DW_TAPS) return -2;
+                          const qc_geometry *g, const qc_epilogue *e, const qc_residual *r, void *out,
+                          int64_t *counts) {
+    if (e->rule == 0 || g->kh * g->kw > QC_DW_TAPS || (r != NULL && r->add->rule == 0)) return -2;
 #ifdef QC_HAVE_X86
     if (variant == 2 && (qc_variants() & 2)) {
-        qc_depthwise_avx512(x, zero_row, w, g, e, out, counts);
+        qc_depthwise_avx512(x, zero_row, w, g, e, r, out, counts);
         return 0;
     }
 #endif
@@ -564,8 +659,7 @@ int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero
 }
 
 /* Requantize `pixels` rows of `channels` float32 accumulators (oneDNN's, integers below 2**24) with a float32
- * rule (1 or 2; the correction must be zeros): the pass after a convolution that kept its sums in memory.
- * Returns 0, -1 for a bad variant, -2 for the int64 rule. */
+ * rule (the correction must be zeros): the pass after a convolution that kept its sums in memory. */
 int64_t qc_requantize_rows(int64_t variant, const float *acc, int64_t pixels, int64_t channels, const qc_epilogue *e,
                            void *out, int64_t *counts) {
     if (e->rule == 0) return -2;
@@ -581,7 +675,7 @@ int64_t qc_requantize_rows(int64_t variant, const float *acc, int64_t pixels, in
     }
 #ifdef QC_HAVE_X86
     if (variant == 2 && (qc_variants() & 2)) {
-        qc_requantize_avx512((const int32_t *)acc, pixels, channels, channels, 0, e, 0, channels, out, counts, 1);
+        qc_requantize_rows_avx512(acc, pixels, channels, e, out, counts);
         return 0;
     }
 #endif
