@@ -53,7 +53,7 @@ from hwsim.kernels import mac, pool, requant
 from hwsim.kernels.config import set_threads
 from hwsim.kernels.im2col import im2col
 from hwsim.memory import retain_freed_memory
-from hwsim.native_conv import native_fits, plan_native_conv
+from hwsim.native_conv import native_fits, plan_fast_conv
 from hwsim.weights import MacWeights, decode, product_lut, sqrt2_lut
 from qexport.errors import QExportError
 from qexport.ir.checker import check_graph
@@ -210,7 +210,7 @@ class Engine:
                     step = ChannelsLastStep(form, *layout, conv=plan.conv, int_form=int_form)
                     native = self.conv == "auto" and isinstance(plan.conv, Int8Conv)
                     if native and native_fits(step.form, step.integer_form()):
-                        step.native = plan_native_conv(plan.conv)
+                        step.native = plan_fast_conv(plan.conv)
                     self.channels_last[node.name] = step
                 elif plan is not None and plan.conv is not None:
                     continue  # its accumulators then take the unfused integer path

@@ -15,9 +15,15 @@
  *
  * Each kernel exists twice: for AVX-512 VNNI (function target attributes, chosen at run time) and in
  * portable C. qc_variant() says which ones this CPU runs. */
+#define _GNU_SOURCE /* syscall() for AMX's permission request */
 #include <stdint.h>
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define QC_MAX_P 8 /* output pixels per register tile */
 #define QC_MAX_B 3 /* blocks of 16 output channels per register tile (8 x 3 = 24 accumulators) */
@@ -585,6 +591,103 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
     }
     qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
+
+/* ---- AMX (Sapphire Rapids and later) ------------------------------------------------------------ */
+#if defined(__linux__)
+#define QC_HAVE_AMX 1
+#define QC_AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+#define QC_ARCH_REQ_XCOMP_PERM 0x1023
+#define QC_XFEATURE_XTILEDATA 18
+
+/* 1 when this CPU has AMX-INT8 and the kernel lets this process use its tile registers (asked once). */
+static int qc_amx_ready(void) {
+    static int state = -1;
+    if (state < 0) {
+        unsigned a, b, c, d;
+        int ready = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 25));
+        state = ready && syscall(SYS_arch_prctl, QC_ARCH_REQ_XCOMP_PERM, QC_XFEATURE_XTILEDATA) == 0;
+    }
+    return state;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} qc_tile_config;
+
+/* Output blocks per pass: tiles 4..7 hold 4 x (16 pixels x 16 outputs) int32 sums. */
+#define QC_AMX_BLOCKS 4
+#define QC_AMX_DOT(T, TILE) /* TILE = 4 + T: the tile intrinsics take literal register numbers */          \
+    do {                                                                                                      \
+        _tile_loadd(1, wk + (ob0 + (T)) * 1024, 64);                                                          \
+        _tile_dpbusd(TILE, 0, 1);                                                                             \
+    } while (0)
+
+/* Dense convolution on AMX tiles (dilation 1 along x): for 16 output pixels of a row, kernel row u's
+ * taps are kw * Cp contiguous bytes of the padded input per pixel, read as 64-byte K chunks (tile 0:
+ * 16 pixels, stride sw * Cp; bytes past the taps meet zero weights); tile 1 holds a chunk's weights for
+ * 16 outputs ([16 K groups][16 outputs][4 bytes]); tdpbusd sums u8 x s8 exactly in int32. The input
+ * needs 64 * nk + 16 * sw * Cp bytes of slack past its end (rows past the last pixel are read, then
+ * dropped). wt: [kh][nk][blocks][16][16][4]. */
+QC_AMX static void qc_dense_amx(const uint8_t *x, const int8_t *wt, const qc_geometry *g, const qc_epilogue *e,
+                                const qc_residual *r, void *out, int64_t *counts) {
+    const int64_t Cp = g->cp, O = g->o, kh = g->kh, oh = g->oh, ow = g->ow, hp = g->hp, wp = g->wp;
+    const int64_t sh = g->sh, sw = g->sw, dh = g->dh, n_count = g->n;
+    const int64_t nk = (g->kw * Cp + 63) / 64, blocks = (O + 15) / 16, step = sw * Cp;
+    qc_tile_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    const int used[6] = {0, 1, 4, 5, 6, 7};
+    for (int i = 0; i < 6; i++) config.colsb[used[i]] = 64, config.rows[used[i]] = 16;
+    _tile_loadconfig(&config);
+    int32_t acc[16 * QC_AMX_BLOCKS * 16];
+    qc_ctx512 ctx;
+    qc_ctx_init(&ctx, e, r);
+    qc_tally512 t1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, t2 = t1;
+    const int residual = r != NULL;
+    for (int64_t n = 0; n < n_count; n++)
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox0 = 0; ox0 < ow; ox0 += 16) {
+                const int64_t P = ow - ox0 < 16 ? ow - ox0 : 16;
+                for (int64_t ob0 = 0; ob0 < blocks; ob0 += QC_AMX_BLOCKS) {
+                    const int64_t B = blocks - ob0 < QC_AMX_BLOCKS ? blocks - ob0 : QC_AMX_BLOCKS;
+                    _tile_zero(4);
+                    _tile_zero(5);
+                    _tile_zero(6);
+                    _tile_zero(7);
+                    for (int64_t u = 0; u < kh; u++) {
+                        const uint8_t *base = x + ((n * hp + oy * sh + u * dh) * wp + ox0 * sw) * Cp;
+                        for (int64_t k = 0; k < nk; k++) {
+                            const int8_t *wk = wt + (u * nk + k) * blocks * 1024;
+                            _tile_loadd(0, base + 64 * k, step);
+                            QC_AMX_DOT(0, 4);
+                            if (B > 1) QC_AMX_DOT(1, 5);
+                            if (B > 2) QC_AMX_DOT(2, 6);
+                            if (B > 3) QC_AMX_DOT(3, 7);
+                        }
+                    }
+                    const int64_t stride = QC_AMX_BLOCKS * 16 * (int64_t)sizeof(int32_t);
+                    _tile_stored(4, acc, stride);
+                    if (B > 1) _tile_stored(5, acc + 16, stride);
+                    if (B > 2) _tile_stored(6, acc + 32, stride);
+                    if (B > 3) _tile_stored(7, acc + 48, stride);
+                    const int64_t c0 = ob0 * 16, width = O - c0 < B * 16 ? O - c0 : B * 16;
+                    const int64_t at = ((n * oh + oy) * ow + ox0) * O + c0;
+                    const qc_stage512 *f = &ctx.first;
+                    if (residual)
+                        qc_rows512(&ctx, &t1, &t2, acc, P, QC_AMX_BLOCKS * 16, width, c0, at, O, out, 0, 1, f->checked,
+                                   f->low_counts, f->check_overflow, ctx.out_kind);
+                    else
+                        qc_rows512(&ctx, &t1, &t2, acc, P, QC_AMX_BLOCKS * 16, width, c0, at, O, out, 0, 0, f->checked,
+                                   f->low_counts, f->check_overflow, ctx.out_kind);
+                }
+            }
+    _tile_release();
+    qc_ctx_finish(&ctx, &t1, &t2, counts);
+}
+#undef QC_AMX_DOT
+#endif
 #endif
 
 /* ---- entry points ---------------------------------------------------------------------------- */
@@ -596,7 +699,7 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
 /* The sha256 of this file when it was built (setup.py defines it). */
 const char *qc_source_sha256(void) { return QC_SOURCE_SHA256; }
 
-/* Bit 0: portable (always); bit 1: AVX-512 VNNI runs on this CPU. */
+/* Bit 0: portable (always); bit 1: AVX-512 VNNI runs on this CPU; bit 2: AMX-INT8 too (dense layers). */
 int64_t qc_variants(void) {
     int64_t variants = 1;
 #ifdef QC_HAVE_X86
@@ -605,22 +708,32 @@ int64_t qc_variants(void) {
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512vnni"))
         variants |= 2;
+#ifdef QC_HAVE_AMX
+    if ((variants & 2) && qc_amx_ready()) variants |= 4;
+#endif
 #endif
     return variants;
 }
 
-/* Every entry point: variant 1 portable, 2 AVX-512 VNNI; counts: int64[4] (the requantize's saturations and
+/* Every entry point: variant 1 portable, 2 AVX-512 VNNI, 4 AMX (qc_dense only; weights in its layout); counts: int64[4] (the requantize's saturations and
  * overflows, then the residual add's); r: the residual add the output feeds, or NULL (AVX-512 only, float32
  * rules). Returns 0; -1: the variant does not run here; -2: the rule or geometry is not covered. */
 
 /* Dense, padded input; scratch: int32[o] (portable only). */
 int64_t qc_dense(int64_t variant, const uint8_t *x, const int8_t *w, const qc_geometry *g, const qc_epilogue *e,
                  const qc_residual *r, void *out, int64_t *counts, int32_t *scratch) {
-    if (r != NULL && (variant != 2 || e->rule == 0 || r->add->rule == 0)) return -2;
+    if (r != NULL && (variant == 1 || e->rule == 0 || r->add->rule == 0)) return -2;
     if (variant == 1) {
         qc_dense_portable(x, w, g, e, out, counts, scratch);
         return 0;
     }
+#ifdef QC_HAVE_AMX
+    if (variant == 4 && (qc_variants() & 4)) {
+        if (e->rule == 0 || g->dw != 1) return -2;
+        qc_dense_amx(x, w, g, e, r, out, counts);
+        return 0;
+    }
+#endif
 #ifdef QC_HAVE_X86
     if (variant == 2 && (qc_variants() & 2)) {
         if (e->rule == 0)
@@ -680,4 +793,39 @@ int64_t qc_requantize_rows(int64_t variant, const float *acc, int64_t pixels, in
     }
 #endif
     return -1;
+}
+
+/* The uint8 input a kernel reads: src (n, h, w, c) integers of `kind` (0 uint8, 1 int8, 2 int16, 3 int32,
+ * 4 int64) at element strides `strides` (image, row, pixel, channel), plus `offset`, into the interior of
+ * dst [n, hp, wp, cp] at (top, left); dst's borders and extra channels keep what they hold (the zero
+ * point). Values must fit uint8 after the offset (the caller's plan proves it). */
+int64_t qc_pad_copy(const void *src, int64_t kind, int64_t n, int64_t h, int64_t w, int64_t c, const int64_t *strides,
+                    int64_t offset, uint8_t *dst, int64_t hp, int64_t wp, int64_t cp, int64_t top, int64_t left) {
+    const int64_t si = strides[0], sr = strides[1], sp = strides[2], sc = strides[3];
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t y = 0; y < h; y++) {
+            uint8_t *row = dst + ((b * hp + y + top) * wp + left) * cp;
+            if (kind == 0 && offset == 0 && sc == 1 && sp == c) { /* channels-last uint8: plain copies */
+                const uint8_t *from = (const uint8_t *)src + b * si + y * sr;
+                if (cp == c)
+                    memcpy(row, from, (size_t)(w * c));
+                else
+                    for (int64_t x = 0; x < w; x++) memcpy(row + x * cp, from + x * c, (size_t)c);
+                continue;
+            }
+            for (int64_t x = 0; x < w; x++)
+                for (int64_t k = 0; k < c; k++) {
+                    const int64_t at = b * si + y * sr + x * sp + k * sc;
+                    int64_t v;
+                    switch (kind) {
+                    case 0: v = ((const uint8_t *)src)[at]; break;
+                    case 1: v = ((const int8_t *)src)[at]; break;
+                    case 2: v = ((const int16_t *)src)[at]; break;
+                    case 3: v = ((const int32_t *)src)[at]; break;
+                    default: v = ((const int64_t *)src)[at]; break;
+                    }
+                    row[x * cp + k] = (uint8_t)(v + offset);
+                }
+        }
+    return 0;
 }
