@@ -7,7 +7,8 @@ at W8A8 and W4A4 (8-bit first/last layers), each with power-of-two and with free
 ratios. onnxruntime runs the exported ONNX with its default optimizations. At 4 bits the default export
 uses int4 types, which onnxruntime runs dequantized in float; its best form of the same model is the
 same 4-bit values in int8 containers (``native_bits=(8, 16)``), where its fused QLinearConv applies.
-The ratio's peer is the faster onnxruntime form. hwsim runs its default engine (fast mode, all cores)
+The ratio's peer is the faster onnxruntime form. hwsim runs its default engine (fast mode, all cores),
+and the same engine without its C kernels (``conv="onednn"``) as a second column,
 and fills every layer's counters (MACs, bytes, saturations, overflows) on every run; its output on the
 whole batch is checked against the IR reference. Numba compile time is measured separately (cold
 cache, in a subprocess), and `hwsim estimate` for the whole network after warm-up.
@@ -46,6 +47,7 @@ from qexport.verify import onnxruntime_session  # noqa: E402
 BATCH = 64
 ROUNDS = 6  # each round runs every peer in a block of BLOCK runs; a block's first run is not timed
 BLOCK = 5
+PAUSE = 0.2  # seconds between blocks
 MODELS = ("resnet20", "mobilenetv2")
 CONFIGS = ((8, True), (8, False), (4, True), (4, False))  # (bits, power-of-two scales)
 CONTAINER_BITS = (8, 16)  # 4-bit values stored in int8 containers: onnxruntime's fused form
@@ -69,10 +71,16 @@ start = time.perf_counter(); engine.run(feeds); print(time.perf_counter() - star
 
 def blocked_seconds(actions: dict[str, object], rounds: int) -> dict[str, float]:
     """Median seconds per run of each peer. Peers take turns in blocks of runs: the first run of a block
-    absorbs the switch (caches, and onnxruntime's threads that keep spinning after its runs)."""
+    absorbs the switch (caches), a pause before it lets onnxruntime's threads stop spinning after its
+    runs, and the order rotates every round, so no peer always follows the same one (without the pause,
+    in a fixed order, the engine that ran right after onnxruntime measured ~10% below its identical twin)."""
     times: dict[str, list[float]] = {name: [] for name in actions}
-    for _ in range(rounds):
-        for name, action in actions.items():
+    names = list(actions)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            action = actions[name]
+            time.sleep(PAUSE)  # let the last peer's threads go idle (onnxruntime's spin after a run)
             for index in range(BLOCK):
                 start = time.perf_counter()
                 action()
@@ -109,13 +117,16 @@ def measure(model: str, bits: int, pow2: bool, rounds: int) -> dict:
             export_onnx(graph, native_bits=CONTAINER_BITS), optimize=True
         )
     engine = Engine(graph)
-    outputs, counts = engine.run(feeds)  # compile and warm up
+    onednn = Engine(graph, conv="onednn")  # the same engine without hwsim's C kernels: their effect
     expected = run_graph(graph, feeds)[graph.outputs[0]]
-    if not np.array_equal(outputs[graph.outputs[0]], expected):
-        raise SystemExit(f"{model} W{bits}A{bits}: hwsim differs from the IR reference")
+    for name, peer in (("hwsim", engine), ("hwsim, oneDNN path", onednn)):
+        outputs, counts = peer.run(feeds)  # compile and warm up
+        if not np.array_equal(outputs[graph.outputs[0]], expected):
+            raise SystemExit(f"{model} W{bits}A{bits}: {name} differs from the IR reference")
     inputs = {name: session.get_inputs()[0].name for name, session in sessions.items()}
     actions = {name: (lambda s=session, n=inputs[name]: s.run(None, {n: x})) for name, session in sessions.items()}
     actions["hwsim"] = lambda: engine.run(feeds)
+    actions["hwsim, oneDNN path"] = lambda: onednn.run(feeds)
     ips = {name: BATCH / seconds for name, seconds in blocked_seconds(actions, rounds).items()}
     peer = max((name for name in sessions), key=ips.get)
     return {
@@ -133,8 +144,8 @@ def measure(model: str, bits: int, pow2: bool, rounds: int) -> dict:
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "| model | weights/activations | scales | onnxruntime (default export) | onnxruntime, int8 containers "
-        "| hwsim | ratio (vs faster onnxruntime) | hwsim GMAC/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| hwsim | ratio (vs faster onnxruntime) | hwsim GMAC/s | hwsim, oneDNN path (`conv=\"onednn\"`) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         ips = row["ips"]
@@ -143,7 +154,7 @@ def table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {MODEL_NAMES[row['model']]} | W{row['bits']}A{row['bits']} | {scales} "
             f"| {ips['onnxruntime']:,.0f} | {f'{containers:,.0f}' if containers else '-'} | {ips['hwsim']:,.0f} "
-            f"| **{row['ratio']:.2f}x** | {row['macs'] * ips['hwsim'] / 1e9:.0f} |"
+            f"| **{row['ratio']:.2f}x** | {row['macs'] * ips['hwsim'] / 1e9:.0f} | {ips['hwsim, oneDNN path']:,.0f} |"
         )
     return lines
 
@@ -182,13 +193,16 @@ def main() -> None:
         "## hwsim throughput: ResNet-20 and MobileNetV2, batch 64 (`benchmarks/hwsim_throughput.py`)",
         "",
         f"Images per second, median of {args.rounds} rounds x {BLOCK - 1} timed runs per peer (peers take turns",
-        "in blocks; a block's first run is not timed), all in one run. hwsim is its default engine (fast mode,",
-        "all cores); its output on the whole batch is checked against the IR reference and it fills its",
+        "in blocks, in an order that rotates every round, after a 0.2 s pause; a block's first run is not",
+        "timed), all in one run.",
+        "hwsim is its default engine (fast mode, all cores); its output on the whole batch is checked against",
+        "the IR reference and it fills its",
         "per-layer counters (MACs, bytes, saturations, overflows) on every run. onnxruntime has its default",
         "optimizations. At 4 bits the default export (int4 types) runs dequantized in onnxruntime; the same",
         "4-bit values in int8 containers (`export_onnx(graph, native_bits=(8, 16))`) are its best form, fused",
         "into QLinearConv where no clamp to the 4-bit range sits between a convolution and its",
-        "QuantizeLinear. Each ratio is hwsim over the faster of the two.",
+        "QuantizeLinear. Each ratio is hwsim over the faster of the two. The last column is the same engine",
+        "without hwsim's C kernels (`Engine(conv=\"onednn\")`), timed in the same blocks: the kernels' effect.",
         f"Target (issue 14): all eight ratios >= 1.0x; this run: {reached} of {len(rows)}.",
         "",
         *table(rows),
@@ -206,7 +220,9 @@ def main() -> None:
         "(target: under 10 ms).",
         "",
         "How hwsim gets there (docs/hwsim.md): each worker thread runs the whole graph on its slice of the",
-        "batch, single-threaded, so no layer waits at a barrier; convolutions run on oneDNN's int8 kernels",
+        "batch, single-threaded, so no layer waits at a barrier; 1x1 and depthwise convolutions run on hwsim's",
+        "C kernels (AVX-512 VNNI) with the requantize, and a residual add it feeds, in their epilogue; the",
+        "others on oneDNN's int8 kernels",
         "with float32 accumulators (exact below 2**24, proven per layer); each requantize, and each residual",
         "add with its requantize, is fused into the convolution before it and runs channels-last in float",
         "where the product bound proves float exact (power-of-two scales), else in a checked float form (free",

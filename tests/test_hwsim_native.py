@@ -123,6 +123,10 @@ def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, se
     acc_bits = int(np.log2(acc_limits[1] + 1)) + 1
     expected, saturations, overflows = _integer_requant(centred + bias, multiplier, shift, rq_zero, clips, acc_bits)
     check_overflow = bool(form.limits[6])
+    # the input as the engine holds it: int64 NCHW, or its storage type channels-last (the copies' fast paths)
+    narrow = np.int8 if x_min < 0 else np.uint8
+    layout = data.draw(st.sampled_from(["int64", "channels-last"]))
+    stored = x.astype(np.int64) if layout == "int64" else x.transpose(0, 2, 3, 1).astype(narrow).transpose(0, 3, 1, 2)
     for variant in variants_here():
         native = plan_native_conv(conv, variant, KINDS)
         if variant == AMX and native is None:
@@ -131,7 +135,7 @@ def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, se
         if variant == AMX and rule == "int" and not native.depthwise:
             continue  # the engine hands the native kernels float32 forms only; AMX has no int64 epilogue
         out = np.empty(expected.shape, dtype=out_type)
-        counts = native.requantize_into(x.astype(np.int64), form, int_form, out)
+        counts = native.requantize_into(stored, form, int_form, out)
         np.testing.assert_array_equal(out, expected.astype(out_type), err_msg=f"variant {variant}")
         assert counts == (saturations, overflows if check_overflow else 0), f"variant {variant}"
 
