@@ -3,15 +3,17 @@
 oneDNN (``hwsim.int8_conv``) writes float32 accumulators that a second pass requantizes; for the small
 layers of mobile networks that round trip through memory costs more than the multiplies. The kernels
 in ``hwsim/native/qconv.c`` keep each tile's int32 sums in registers and requantize them there with the
-IR's integer rule in int64 (every scale, power of two or free), counting saturations and overflows as
-``hwsim.kernels.requant_int`` does. They cover dense convolutions (groups 1) and depthwise ones (one
-input and one output channel per group), take the layers oneDNN's plan (``Int8Conv``) already proved
-exact, and need the requantize's int64 form (``IntRequant``).
+float32 rules of ``hwsim.channels_last`` (exact where the bound proves it, else checked: lanes near a
+half redone with the IR's integer rule), counting saturations and overflows as the Numba kernels do,
+and optionally fuse the residual add the output feeds with that add's requantize. They cover dense
+convolutions (groups 1) and depthwise ones (one input and one output channel per group), and take
+layers whose oneDNN plan (``Int8Conv``) already proved the sums exact.
 
 The library is built when the package is installed (``setup.py``, an optional extension: without a C
-compiler hwsim installs and runs its other paths). It has an AVX-512 VNNI variant, used where the CPU
-has it, and a portable one (tests compare both with numpy); ``available()`` is True only with the
-former, since the portable loops are slower than oneDNN.
+compiler hwsim installs and runs its other paths). Variants: AVX-512 VNNI (what the engine uses, for 1x1
+and depthwise layers: ``plan_fast_conv``), AMX for dense layers, and portable C (also the only one with
+the int64 rule as epilogue); tests compare each with numpy. ``available()`` is True only with AVX-512
+VNNI, since the portable loops are slower than oneDNN.
 """
 
 from __future__ import annotations
@@ -91,9 +93,6 @@ def library() -> ctypes.CDLL | None:
             lib.qc_pad_copy.restype = ctypes.c_int64
             lib.qc_pad_copy.argtypes = [pointer, *[ctypes.c_int64] * 5, pointer, ctypes.c_int64, pointer,
                                         *[ctypes.c_int64] * 5]  # fmt: skip
-            lib.qc_requantize_rows.restype = ctypes.c_int64
-            lib.qc_requantize_rows.argtypes = [ctypes.c_int64, pointer, ctypes.c_int64, ctypes.c_int64, pointer,
-                                               pointer, pointer]  # fmt: skip
             return lib
     return None
 
@@ -105,7 +104,7 @@ def built_from() -> str | None:
 
 
 def variants() -> int:
-    """Bit mask of the variants this machine runs (PORTABLE | AVX512), 0 without the library."""
+    """Bit mask of the variants this machine runs (PORTABLE | AVX512 | AMX), 0 without the library."""
     lib = library()
     return 0 if lib is None else int(lib.qc_variants())
 
@@ -152,43 +151,11 @@ class EpilogueArgs:
 
 
 @dataclass
-class NativeRequant:
-    """The requantize pass over oneDNN's float32 accumulators [rows, C] in C (float32 forms only)."""
-
-    args: EpilogueArgs
-    channels: int
-    variant: int = AVX512
-
-    @classmethod
-    def of(cls, form, int_form, out_dtype, channels: int, variant: int = AVX512) -> NativeRequant | None:
-        """None where the C pass does not apply: no library, or not a float32 form."""
-        if not variants() & variant or form.kind not in ("float", "checked") or form.dtype is not np.float32:
-            return None
-        if form.kind == "checked" and int_form is None:
-            return None
-        args = EpilogueArgs.of(form, int_form, np.dtype(out_dtype), np.zeros(channels, np.int64))
-        return cls(args, channels, variant)
-
-    def __call__(self, acc: np.ndarray, out: np.ndarray) -> tuple[int, int]:
-        """acc: float32, C-contiguous, a multiple of ``channels`` long; out: as many of the output type."""
-        if acc.dtype != np.float32 or not acc.flags.c_contiguous or out.size != acc.size or acc.size % self.channels:
-            raise ValueError("native requantize: accumulators and output do not match")
-        counts = np.zeros(4, dtype=np.int64)
-        status = library().qc_requantize_rows(
-            self.variant, acc.ctypes.data, acc.size // self.channels, self.channels, ctypes.byref(self.args.struct),
-            out.ctypes.data, counts.ctypes.data,
-        )  # fmt: skip
-        if status != 0:
-            raise RuntimeError(f"native requantize: variant {self.variant} does not run here ({status})")
-        return int(counts[0]), int(counts[1])
-
-
-@dataclass
 class NativeConv:
     """One convolution layer for the native kernels: packed weights and the input's uint8 mapping."""
 
     depthwise: bool
-    weights: np.ndarray  # dense: int8 [O/16, kh, kw, Cp/4, 16, 4]; depthwise: int16 [kh * kw, C]
+    weights: np.ndarray  # dense: int8 [O/16, kh, kw, Cp/4, 16, 4] (AMX: pack_amx); depthwise: int16 [kh * kw, C]
     weight_sums: np.ndarray  # int64 [O]: sum of each output's weights (dense: the zero point correction)
     out_channels: int
     channels: int
@@ -199,24 +166,15 @@ class NativeConv:
     offset: int  # stored activation + offset = the uint8 the kernels read
     zero_point: int  # the uint8 that means 0
     variant: int = AVX512
+    # made once here, never replaced: worker threads share the layer and C reads these arrays unlocked
+    zero_row: np.ndarray = field(init=False)  # C bytes at the zero point: what a depthwise tap outside reads
+    lane_weights: np.ndarray = field(init=False)  # depthwise: int32 lanes holding (uint16) w, for vpdpwssd
     _epilogues: dict = field(default_factory=dict)  # (id(form), id(int_form), out type) -> EpilogueArgs
     _work: threading.local = field(default_factory=threading.local)  # per thread: the padded input
 
-    @property
-    def zero_row(self) -> np.ndarray:
-        """C bytes at the zero point: what a depthwise tap outside the input reads."""
-        row = self.__dict__.get("_zero_row")
-        if row is None:
-            row = self.__dict__["_zero_row"] = np.full(self.channels, self.zero_point, dtype=np.uint8)
-        return row
-
-    @property
-    def lane_weights(self) -> np.ndarray:
-        """Depthwise weights [kh * kw, C] as int32 lanes holding (uint16) w, for vpdpwssd."""
-        lanes = self.__dict__.get("_lanes")
-        if lanes is None:
-            lanes = self.__dict__["_lanes"] = self.weights.astype(np.int32) & 0xFFFF
-        return lanes
+    def __post_init__(self) -> None:
+        self.zero_row = np.full(self.channels, self.zero_point, dtype=np.uint8)
+        self.lane_weights = self.weights.astype(np.int32) & 0xFFFF if self.depthwise else self.zero_row[:0]
 
     @property
     def pointwise(self) -> bool:
@@ -235,13 +193,16 @@ class NativeConv:
         )
 
     def epilogue(self, form, int_form, out_dtype: np.dtype) -> Epilogue:
-        """The C epilogue of a requantize form for this layer (made once per form and output type)."""
+        """The C epilogue of a requantize form for this layer, made once per form and output type. The
+        entry keeps the forms alive (so their ids stay unique) and is never replaced: a worker thread's
+        kernel may be reading its arrays while another thread asks for it."""
         key = (id(form), id(int_form), out_dtype.str)
         cached = self._epilogues.get(key)
-        if cached is None or cached.form is not form or cached.int_form is not int_form:
+        if cached is None:
             padded = not self.depthwise or (self.variant == AVX512 and native_fits(form, int_form))
             correction = self.zero_point * self.weight_sums if padded else np.zeros(self.out_channels, np.int64)
-            cached = self._epilogues[key] = EpilogueArgs.of(form, int_form, out_dtype, correction)
+            made = EpilogueArgs.of(form, int_form, out_dtype, correction)
+            cached = self._epilogues.setdefault(key, made)  # atomic: the first thread's entry wins
         return cached.struct
 
     def _input(self, x: np.ndarray, padded: bool) -> tuple[np.ndarray, int, int]:

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_hwsim_requant_checked import CASES, near_tie_scales
-from test_hwsim_requant_int import _integer_requant, _limits, _with_ties
+from test_hwsim_requant_checked import near_tie_scales
+from test_hwsim_requant_int import _integer_requant, _limits
 
 from hwsim import int8_conv, native_conv
-from hwsim.channels_last import REQUANT_KERNELS, checked_requant, float_requant, int_requant
-from hwsim.native_conv import AMX, AVX512, KINDS, PORTABLE, NativeRequant, plan_native_conv
+from hwsim.channels_last import checked_requant, float_requant, int_requant
+from hwsim.native_conv import AMX, AVX512, KINDS, PORTABLE, plan_native_conv
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -138,38 +138,6 @@ def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, se
         counts = native.requantize_into(stored, form, int_form, out)
         np.testing.assert_array_equal(out, expected.astype(out_type), err_msg=f"variant {variant}")
         assert counts == (saturations, overflows if check_overflow else 0), f"variant {variant}"
-
-
-@needs_library
-@SETTINGS
-@given(case=CASES, rule=st.sampled_from(["float", "checked"]), out_type=st.sampled_from(OUT_TYPES),
-       seed=st.integers(0, 2**16))  # fmt: skip
-def test_native_requantize_rows_equal_the_integer_rule(case, rule, out_type, seed) -> None:
-    """The C pass over oneDNN's float32 accumulators, for the float32 forms (exact and checked)."""
-    acc, _, bias, multiplier, shift, bound, zero_point, clips, acc_bits = case
-    acc = _with_ties(acc, bias, multiplier, shift, np.random.default_rng(seed))
-    assume(bound < 2**24)
-    if rule == "float":  # scales small enough for the exact form
-        multiplier = np.clip(multiplier, -((2**24 - 1) // (bound + 1)), (2**24 - 1) // (bound + 1))
-        form = float_requant(multiplier, shift, bias, bound, zero_point, clips, _limits(acc_bits))
-        assume(form is not None and form.dtype is np.float32)
-        int_form = None
-    else:
-        form = checked_requant(multiplier, shift, bias, bound, zero_point, clips, _limits(acc_bits))
-        assume(form is not None)
-        int_form = form.int_form
-    expected, saturations, overflows = _integer_requant(acc + bias, multiplier, shift, zero_point, clips, acc_bits)
-    channels = acc.shape[1]
-    for variant in (v for v in variants_here() if v != AMX):  # the pass has no AMX form
-        native = NativeRequant.of(form, int_form, out_type, channels, variant)
-        assert native is not None
-        out = np.empty(acc.size, dtype=out_type)
-        counts = native(acc.astype(np.float32).reshape(-1), out)
-        np.testing.assert_array_equal(out.reshape(acc.shape), expected.astype(out_type), err_msg=f"variant {variant}")
-        assert counts == (saturations, overflows if form.limits[6] else 0), f"variant {variant}"
-        numba_out = np.empty(acc.size, dtype=out_type)  # and the Numba kernel it replaces, for the record
-        kernel = REQUANT_KERNELS[form.kind]
-        assert kernel(acc.astype(np.float32).reshape(-1), *form.coeffs, form.bias, *form.limits, numba_out) == counts
 
 
 @needs_library

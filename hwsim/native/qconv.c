@@ -410,11 +410,11 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_emit512(const qc_
     qc_store512(q, m, out, at, out_kind);
 }
 
-/* Requantize `pixels` rows of `width` sums of channels c0.. (acc: int32 sums less the correction, or with
- * float_in oneDNN's float32 accumulators, integers below 2**24), rows acc_stride / out_stride apart. */
+/* Requantize `pixels` rows of `width` int32 sums of channels c0.. (less the correction, plus bias), rows
+ * acc_stride / out_stride apart. */
 QC_AVX512 __attribute__((always_inline)) static inline void qc_rows512(
-    const qc_ctx512 *x, qc_tally512 *t1, qc_tally512 *t2, const int32_t *acc, int64_t pixels, int64_t acc_stride, int64_t width, int64_t c0, int64_t at,
-    int64_t out_stride, void *out, const int float_in, const int residual, const int checked, const int low_counts,
+    const qc_ctx512 *x, qc_tally512 *t1, qc_tally512 *t2, const int32_t *acc, int64_t pixels, int64_t acc_stride,
+    int64_t width, int64_t c0, int64_t at, int64_t out_stride, void *out, const int residual, const int checked, const int low_counts,
     const int check_overflow, const int64_t out_kind) {
     const qc_epilogue *e = x->first.e;
     /* fresh counters for this call (the caller's live across its opaque tile calls, which clobber registers) */
@@ -424,14 +424,9 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_rows512(
     for (int64_t pixel = 0; pixel < pixels; pixel++, acc += acc_stride, at += out_stride)
         for (int64_t i = 0; i < width; i += 16) {
             const __mmask16 m = width - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (width - i)) - 1);
-            __m512 v;
-            if (float_in) {
-                v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, (const float *)acc + i), _mm512_maskz_loadu_ps(m, bias + i));
-            } else {
-                const __m512i sums = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, acc + i),
-                                                      _mm512_maskz_loadu_epi32(m, correction + i));
-                v = _mm512_add_ps(_mm512_cvtepi32_ps(sums), _mm512_maskz_loadu_ps(m, bias + i));
-            }
+            const __m512i sums = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, acc + i),
+                                                  _mm512_maskz_loadu_epi32(m, correction + i));
+            const __m512 v = _mm512_add_ps(_mm512_cvtepi32_ps(sums), _mm512_maskz_loadu_ps(m, bias + i));
             qc_emit512(x, &n1, &n2, v, c0 + i, m, at + i, out, residual, checked, low_counts, check_overflow, out_kind);
         }
     t1->saturated = _mm512_add_epi32(t1->saturated, n1.saturated);
@@ -442,17 +437,6 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_rows512(
         t2->overflowed = _mm512_add_epi32(t2->overflowed, n2.overflowed);
         t2->corrections += n2.corrections;
     }
-}
-
-QC_AVX512 static void qc_requantize_rows_avx512(const float *acc, int64_t pixels, int64_t channels,
-                                                const qc_epilogue *e, void *out, int64_t *counts) {
-    qc_ctx512 ctx;
-    qc_ctx_init(&ctx, e, NULL);
-    qc_tally512 t1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, t2 = t1;
-    const qc_stage512 *f = &ctx.first;
-    qc_rows512(&ctx, &t1, &t2, (const int32_t *)acc, pixels, channels, channels, 0, 0, channels, out, 1, 0, f->checked,
-               f->low_counts, f->check_overflow, ctx.out_kind);
-    qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
 
 typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const qc_geometry *, int32_t *);
@@ -482,7 +466,7 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
                     const int64_t at = ((n * g->oh + oy) * g->ow + ox) * g->o + c0;
                     /* the common cases with constant flags (their loops then have no branches) */
 #define QC_ROWS(RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)                                                      \
-    qc_rows512(&ctx, &t1, &t2, acc, P, QC_MAX_B * 16, width, c0, at, g->o, out, 0, RESIDUAL, CHECKED, LOW, OVERFLOW, \
+    qc_rows512(&ctx, &t1, &t2, acc, P, QC_MAX_B * 16, width, c0, at, g->o, out, RESIDUAL, CHECKED, LOW, OVERFLOW,    \
                KIND)
                     const qc_stage512 *f = &ctx.first;
                     const int plain = !f->check_overflow && !f->low_counts && ctx.out_kind <= 1;
@@ -676,10 +660,10 @@ QC_AMX static void qc_dense_amx(const uint8_t *x, const int8_t *wt, const qc_geo
                     const int64_t at = ((n * oh + oy) * ow + ox0) * O + c0;
                     const qc_stage512 *f = &ctx.first;
                     if (residual)
-                        qc_rows512(&ctx, &t1, &t2, acc, P, QC_AMX_BLOCKS * 16, width, c0, at, O, out, 0, 1, f->checked,
+                        qc_rows512(&ctx, &t1, &t2, acc, P, QC_AMX_BLOCKS * 16, width, c0, at, O, out, 1, f->checked,
                                    f->low_counts, f->check_overflow, ctx.out_kind);
                     else
-                        qc_rows512(&ctx, &t1, &t2, acc, P, QC_AMX_BLOCKS * 16, width, c0, at, O, out, 0, 0, f->checked,
+                        qc_rows512(&ctx, &t1, &t2, acc, P, QC_AMX_BLOCKS * 16, width, c0, at, O, out, 0, f->checked,
                                    f->low_counts, f->check_overflow, ctx.out_kind);
                 }
             }
@@ -768,30 +752,6 @@ int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero
     }
 #endif
     (void)x, (void)zero_row, (void)w, (void)g, (void)out, (void)counts;
-    return -1;
-}
-
-/* Requantize `pixels` rows of `channels` float32 accumulators (oneDNN's, integers below 2**24) with a float32
- * rule (the correction must be zeros): the pass after a convolution that kept its sums in memory. */
-int64_t qc_requantize_rows(int64_t variant, const float *acc, int64_t pixels, int64_t channels, const qc_epilogue *e,
-                           void *out, int64_t *counts) {
-    if (e->rule == 0) return -2;
-    if (variant == 1) {
-        int32_t sums[QC_DW_CHUNK];
-        for (int64_t p = 0; p < pixels; p++)
-            for (int64_t c0 = 0; c0 < channels; c0 += QC_DW_CHUNK) {
-                const int64_t width = channels - c0 < QC_DW_CHUNK ? channels - c0 : QC_DW_CHUNK;
-                for (int64_t i = 0; i < width; i++) sums[i] = (int32_t)acc[p * channels + c0 + i];
-                qc_requantize(sums, width, c0, e, p * channels + c0, out, counts);
-            }
-        return 0;
-    }
-#ifdef QC_HAVE_X86
-    if (variant == 2 && (qc_variants() & 2)) {
-        qc_requantize_rows_avx512(acc, pixels, channels, e, out, counts);
-        return 0;
-    }
-#endif
     return -1;
 }
 
