@@ -266,19 +266,13 @@ class NativeConv:
             raise ValueError("native convolution: the AMX kernel needs a float32 requantize form")
         fast_depthwise = self.depthwise and self.variant == AVX512 and epilogue.rule != RULE_INT
         source, height, width = self._input(x, padded=not self.depthwise)
-        batch = x.shape[0]
-        out_h, out_w = self.output_hw(x.shape[2], x.shape[3])
-        if out.shape != (batch, out_h, out_w, self.out_channels) or not out.flags.c_contiguous:
+        geometry, out_shape = self._geometry(x.shape, height, width)
+        if out.shape != out_shape or not out.flags.c_contiguous:
             raise ValueError(f"native convolution: output {out.shape} does not match the layer")
-        top, left, _, _ = self.padding
-        geometry = Geometry(
-            batch, height, width, self.padded_channels, self.out_channels, *self.kernel, *self.stride,
-            *self.dilation, out_h, out_w, top, left,
-        )  # fmt: skip
-        if self.pointwise:  # every pixel of the batch in one row: full register tiles
-            geometry.n, geometry.hp, geometry.oh = 1, 1, 1
-            geometry.wp = geometry.ow = batch * height * width
-        counts = np.zeros(4, dtype=np.int64)
+        counts = self._work.__dict__.get("counts")
+        if counts is None:
+            counts = self._work.counts = np.zeros(4, dtype=np.int64)
+        counts[:] = 0
         pointer = ctypes.byref
         extra = None if residual is None else pointer(residual.bind(out))
         if fast_depthwise:
@@ -303,7 +297,27 @@ class NativeConv:
             status = -2
         if status != 0:
             raise RuntimeError(f"native convolution: variant {self.variant} cannot run this layer here ({status})")
-        return tuple(int(c) for c in counts[: 2 if residual is None else 4])
+        return tuple(counts.tolist()[: 2 if residual is None else 4])
+
+    def _geometry(self, shape: tuple[int, ...], height: int, width: int) -> tuple[Geometry, tuple[int, ...]]:
+        """The kernels' geometry for an input of logical ``shape`` stored (height, width), and the output
+        shape; made once per shape and thread (a run of the engine asks for it once per layer)."""
+        cache = self._work.__dict__.setdefault("geometries", {})
+        key = (shape, height, width)
+        made = cache.get(key)
+        if made is None:
+            batch = shape[0]
+            out_h, out_w = self.output_hw(shape[2], shape[3])
+            top, left, _, _ = self.padding
+            geometry = Geometry(
+                batch, height, width, self.padded_channels, self.out_channels, *self.kernel, *self.stride,
+                *self.dilation, out_h, out_w, top, left,
+            )  # fmt: skip
+            if self.pointwise:  # every pixel of the batch in one row: full register tiles
+                geometry.n, geometry.hp, geometry.oh = 1, 1, 1
+                geometry.wp = geometry.ow = batch * height * width
+            made = cache[key] = (geometry, (batch, out_h, out_w, self.out_channels))
+        return made
 
 
 @dataclass
