@@ -36,6 +36,8 @@ LIBRARY_STEM = "_qconv"
 BLOCK = 16  # output channels per vpdpbusd register
 LANE = 4  # input channels per int32 lane
 KINDS = ("pointwise", "dense", "depthwise")
+DEPTHWISE_TAPS = 25  # the vector depthwise kernel holds a kernel's taps in registers: up to 5 x 5 (QC_DW_TAPS)
+SMALL_K = 64  # dense layers with at most this many products per output (a first layer) run on VNNI too
 FAST_KINDS = ("pointwise", "depthwise")  # where the VNNI kernels beat oneDNN + requantize (docs/hwsim.md#performance)
 
 
@@ -389,7 +391,12 @@ def plan_fast_conv(conv: Int8Conv) -> NativeConv | None:
     on oneDNN (which runs them on AMX): the VNNI kernel is slower there, and the AMX one (``AMX``), 1.1-1.5x
     faster than oneDNN + requantize alone, measured no faster inside the engine (ResNet-20, 2 workers:
     +3% / -2%), where each layer first copies its input into a padded buffer."""
-    return plan_native_conv(conv, AVX512, FAST_KINDS)
+    native = plan_native_conv(conv, AVX512, FAST_KINDS)
+    if native is None and conv.weight is not None:
+        _, per_group, kernel_h, kernel_w = conv.weight.shape
+        if conv.groups == 1 and kernel_h * kernel_w * -(-per_group // LANE) * LANE <= SMALL_K:
+            native = plan_native_conv(conv, AVX512, ("dense",))
+    return native
 
 
 def plan_native_conv(conv: Int8Conv, variant: int = AVX512, kinds: tuple[str, ...] = FAST_KINDS) -> NativeConv | None:
@@ -412,6 +419,8 @@ def plan_native_conv(conv: Int8Conv, variant: int = AVX512, kinds: tuple[str, ..
     if kind not in kinds:
         return None
     channels = groups if depthwise else per_group
+    if depthwise and variant != PORTABLE and kernel_h * kernel_w > DEPTHWISE_TAPS:
+        return None  # e.g. a global average pool lowered to a depthwise convolution
     if depthwise:
         packed = np.ascontiguousarray(weight.reshape(out_channels, kernel_h * kernel_w).T, dtype=np.int16)
         variant = AVX512 if variant == AMX else variant  # depthwise layers have no AMX form
