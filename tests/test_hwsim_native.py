@@ -102,12 +102,9 @@ def requant_form(draw, rule: str, centred: np.ndarray, bound: int, channels: int
     return form, int_form, (multiplier, shift, bias, zero_point, clips, acc_limits)
 
 
-@needs_library
-@needs_onednn
-@SETTINGS
-@given(layer=layers(), rule=st.sampled_from(["float", "checked", "int"]), out_type=st.sampled_from(OUT_TYPES),
-       seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
-def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, seed, data) -> None:
+def requantized_layer(layer, rule: str, seed: int, data):
+    """The layer's oneDNN plan and its reference: numpy sums requantized by a form of ``rule`` with the
+    integer rule. -> (conv, form, int_form, (expected, saturations, overflows), clips)."""
     weight, x, (x_min, x_max), zero_point, geometry = layer
     conv = int8_conv.plan_int8_conv(weight, x_min, x_max, zero_point, *geometry)
     assume(conv is not None)
@@ -116,12 +113,22 @@ def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, se
     out_channels = weight.shape[0]
     magnitude = int(np.abs(weight.reshape(out_channels, -1)).sum(axis=1).max())
     bound = magnitude * max(abs(x_min - zero_point), abs(x_max - zero_point))
-    rng = np.random.default_rng(seed)
-    made = requant_form(data.draw, rule, centred, bound, out_channels, rng)
+    made = requant_form(data.draw, rule, centred, bound, out_channels, np.random.default_rng(seed))
     assume(made is not None)
     form, int_form, (multiplier, shift, bias, rq_zero, clips, acc_limits) = made
     acc_bits = int(np.log2(acc_limits[1] + 1)) + 1
-    expected, saturations, overflows = _integer_requant(centred + bias, multiplier, shift, rq_zero, clips, acc_bits)
+    reference = _integer_requant(centred + bias, multiplier, shift, rq_zero, clips, acc_bits)
+    return conv, form, int_form, reference, clips
+
+
+@needs_library
+@needs_onednn
+@SETTINGS
+@given(layer=layers(), rule=st.sampled_from(["float", "checked", "int"]), out_type=st.sampled_from(OUT_TYPES),
+       seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
+def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, seed, data) -> None:
+    weight, x, (x_min, _), _, geometry = layer
+    conv, form, int_form, (expected, saturations, overflows), _ = requantized_layer(layer, rule, seed, data)
     check_overflow = bool(form.limits[6])
     # the input as the engine holds it: int64 NCHW, or its storage type channels-last (the copies' fast paths)
     narrow = np.int8 if x_min < 0 else np.uint8
@@ -152,21 +159,10 @@ def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, se
        seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
 def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_type, seed, data) -> None:
     """Convolution, requantize, residual add with another tensor, the add's requantize: one kernel."""
-    weight, x, (x_min, x_max), zero_point, geometry = layer
-    assume(geometry[3] == 1 or weight.shape[1] == 1)  # dense or depthwise
-    conv = int8_conv.plan_int8_conv(weight, x_min, x_max, zero_point, *geometry)
-    assume(conv is not None)
-    stride, padding, dilation, _, _ = geometry
-    centred = int8_conv.reference_conv(x, weight, zero_point, stride, padding, dilation)
+    weight, x, _, _, _ = layer
+    conv, form, int_form, (own, saturations, overflows), clips = requantized_layer(layer, rules[0], seed, data)
     out_channels = weight.shape[0]
-    magnitude = int(np.abs(weight.reshape(out_channels, -1)).sum(axis=1).max())
-    bound = magnitude * max(abs(x_min - zero_point), abs(x_max - zero_point))
-    rng = np.random.default_rng(seed)
-    made = requant_form(data.draw, rules[0], centred, bound, out_channels, rng)
-    assume(made is not None)
-    form, int_form, (multiplier, shift, bias, own_zero_point, clips, acc_limits) = made
-    acc_bits = int(np.log2(acc_limits[1] + 1)) + 1
-    own, saturations, overflows = _integer_requant(centred + bias, multiplier, shift, own_zero_point, clips, acc_bits)
+    rng = np.random.default_rng(seed + 1)
     info = np.iinfo(other_type)
     other = rng.integers(info.min, int(info.max) + 1, own.shape).astype(other_type)
     other_zero = data.draw(st.integers(int(info.min), int(info.max)))
