@@ -751,7 +751,7 @@ int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero
         return 0;
     }
 #endif
-    (void)x, (void)zero_row, (void)w, (void)g, (void)out, (void)counts;
+    (void)variant, (void)x, (void)zero_row, (void)w, (void)g, (void)out, (void)counts;
     return -1;
 }
 
