@@ -136,11 +136,10 @@ def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, se
     stored = x.astype(np.int64) if layout == "int64" else x.transpose(0, 2, 3, 1).astype(narrow).transpose(0, 3, 1, 2)
     for variant in variants_here():
         native = plan_native_conv(conv, variant, KINDS)
-        if variant == AMX and native is None:
-            assert geometry[2][1] != 1  # AMX takes every dense layer without dilation along x
-            continue
-        if native is None:  # the vector depthwise kernel holds at most 5 x 5 taps; the portable one any
-            assert variant != PORTABLE and weight.shape[1] == 1 and weight[0, 0].size > native_conv.DEPTHWISE_TAPS
+        if native is None:  # AMX: no dilation along x; vector depthwise: at most 5 x 5 taps (portable: any)
+            depthwise = weight.shape[1] == 1 and geometry[3] > 1
+            too_many_taps = depthwise and weight[0, 0].size > native_conv.DEPTHWISE_TAPS
+            assert variant != PORTABLE and (too_many_taps or (variant == AMX and geometry[2][1] != 1))
             continue
         if variant == AMX and rule == "int" and not native.depthwise:
             continue  # the engine hands the native kernels float32 forms only; AMX has no int64 epilogue
@@ -192,3 +191,26 @@ def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_t
         assert counts == (
             saturations, overflows if form.limits[6] else 0, add_saturations, add_overflows if add_form.limits[6] else 0
         ), f"variant {variant}"
+
+
+@needs_library
+@needs_onednn
+def test_depthwise_past_25_taps_stays_off_the_vector_kernels() -> None:
+    """A 6 x 6 depthwise layer (36 taps, like a lowered global average pool): the vector kernel holds at
+    most 25 taps in registers, so the engine's planner leaves it to oneDNN; the portable kernel takes it."""
+    rng = np.random.default_rng(3)
+    weight = rng.integers(-2, 3, (2, 1, 6, 6))
+    x = rng.integers(0, 256, (2, 2, 6, 6))
+    conv = int8_conv.plan_int8_conv(weight, 0, 255, 0, (1, 1), (0, 0, 0, 0), (1, 1), 2, (6, 6))
+    assert conv is not None
+    assert native_conv.plan_fast_conv(conv) is None
+    for variant in (AVX512, AMX):
+        assert plan_native_conv(conv, variant, KINDS) is None
+    portable = plan_native_conv(conv, PORTABLE, KINDS)
+    ones, zeros = np.ones(2, np.int64), np.zeros(2, np.int64)
+    form = int_requant(ones, ones, zeros, 2**16, 0, (0, 255), _limits(32))
+    out = np.empty((2, 1, 1, 2), dtype=np.uint8)
+    portable.requantize_into(x, form, form, out)
+    centred = int8_conv.reference_conv(x, weight, 0, (1, 1), (0, 0, 0, 0), (1, 1))
+    expected, _, _ = _integer_requant(centred, ones, ones, 0, (0, 255), 32)
+    np.testing.assert_array_equal(out, expected)
