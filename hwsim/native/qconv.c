@@ -3,18 +3,20 @@
  *
  * Dense convolutions (groups 1) read a padded channels-last uint8 input [N, Hp, Wp, Cp] (Cp a multiple
  * of 4, padding and extra channels at the zero point) and weights packed as [O/16][kh][kw][Cp/4][16][4]
- * (the vpdpbusd shape: 16 int32 lanes, 4 consecutive input channels each). Sums are int32: the caller
- * proves 255 * sum|w| < 2**31. Depthwise convolutions (one input and one output channel per group) read
- * the unpadded input and skip taps outside it (they add (zp - zp) * w = 0).
+ * (the vpdpbusd shape: 16 int32 lanes, 4 consecutive input channels each; AMX: its own layout). Sums
+ * are int32: the caller proves 255 * sum|w| < 2**31; the zero point enters as zp * sum(w) per output.
+ * Depthwise convolutions (one input and one output channel per group) read the unpadded input.
  *
- * The epilogue is the IR's integer rule in int64 for every scale, bit for bit:
- * v = centred sum + bias; q = ((v*m + 2**(s-1) - 1 + ((v*m >> s) & 1)) >> s) + zero point, clipped,
- * counting saturations (above clip max; below clip min when low_counts) and accumulator overflows
- * (v outside [acc_min, acc_max], when check_overflow), as hwsim.kernels.requant_int does. The caller
- * proves |v*m| + 2**s < 2**63.
+ * Epilogues (qc_epilogue.rule): 1, float32 proven exact: v = sum + bias, p = v * scale, round half to
+ * even, + zero point, clip; 2, the same with the scale rounded to float32, and every lane whose p lies
+ * within the error bound of a half redone with the integer rule; 0, the IR's integer rule in int64
+ * (portable kernels only): q = ((v*m + 2**(s-1) - 1 + ((v*m >> s) & 1)) >> s) + zero point, clipped.
+ * All count saturations (above clip max; below clip min when low_counts) and accumulator overflows (v
+ * outside [acc_min, acc_max], when check_overflow) as hwsim.kernels.requant / requant_checked /
+ * requant_int do; optionally the residual add the output feeds runs too, with its own requantize.
  *
- * Each kernel exists twice: for AVX-512 VNNI (function target attributes, chosen at run time) and in
- * portable C. qc_variant() says which ones this CPU runs. */
+ * Variants, chosen at run time (qc_variants()): AVX-512 VNNI and AMX (function target attributes), and
+ * portable C. */
 #define _GNU_SOURCE /* syscall() for AMX's permission request */
 #include <stdint.h>
 #include <math.h>
