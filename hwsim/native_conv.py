@@ -185,7 +185,13 @@ class NativeConv:
 
     @property
     def padded_channels(self) -> int:
-        return self.channels if self.depthwise else -(-self.channels // LANE) * LANE
+        return self.channels if self.depthwise else round_up(self.channels, LANE)
+
+    def reads_every_tap(self, float_rule: bool) -> bool:
+        """True when the kernel sums every tap of every window (dense layers, and the vector depthwise one,
+        whose taps outside the input read zero points), so the epilogue subtracts zero point * sum(w); the
+        portable depthwise kernel, which any rule reaches, skips those taps and sums centred values."""
+        return not self.depthwise or (self.variant == AVX512 and float_rule)
 
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
         top, left, bottom, right = self.padding
@@ -201,8 +207,8 @@ class NativeConv:
         key = (id(form), id(int_form), out_dtype.str)
         cached = self._epilogues.get(key)
         if cached is None:
-            padded = not self.depthwise or (self.variant == AVX512 and native_fits(form, int_form))
-            correction = self.zero_point * self.weight_sums if padded else np.zeros(self.out_channels, np.int64)
+            every_tap = self.reads_every_tap(native_fits(form, int_form))
+            correction = self.zero_point * self.weight_sums if every_tap else np.zeros(self.out_channels, np.int64)
             made = EpilogueArgs.of(form, int_form, out_dtype, correction)
             cached = self._epilogues.setdefault(key, made)  # atomic: the first thread's entry wins
         return cached.struct
@@ -266,7 +272,7 @@ class NativeConv:
         epilogue = self.epilogue(form, int_form, out.dtype if residual is None else np.dtype(np.int32))
         if self.variant == AMX and epilogue.rule == RULE_INT:
             raise ValueError("native convolution: the AMX kernel needs a float32 requantize form")
-        fast_depthwise = self.depthwise and self.variant == AVX512 and epilogue.rule != RULE_INT
+        fast_depthwise = self.depthwise and self.reads_every_tap(epilogue.rule != RULE_INT)
         source, height, width = self._input(x, padded=not self.depthwise)
         geometry, out_shape = self._geometry(x.shape, height, width)
         if out.shape != out_shape or not out.flags.c_contiguous:
@@ -332,7 +338,6 @@ class ResidualAdd:
     args: EpilogueArgs  # the add's requantize (float32 rule)
     alignment: tuple[int, int, int, int]  # own zero point, other's, own multiplier, other's
     other: np.ndarray | None = None  # flat channels-last rows of the other operand, set by ``with_other``
-    _struct: Residual | None = None
 
     @classmethod
     def of(cls, add_form, add_int_form, out_dtype, channels: int, alignment) -> ResidualAdd | None:
@@ -346,15 +351,19 @@ class ResidualAdd:
         """This add for one call: ``other`` converted to a type the kernels read if it is not one."""
         if other.dtype not in OUT_KINDS or not other.flags.c_contiguous:
             other = np.ascontiguousarray(other, dtype=np.int32)
-        return replace(self, other=other, _struct=None)
+        return replace(self, other=other)
 
     def bind(self, out: np.ndarray) -> Residual:
+        """The C struct for one call (the caller keeps this object, and so ``other``, alive through it)."""
         if self.other is None or self.other.size != out.size:
             raise ValueError("native residual: the other operand does not match the output")
-        self._struct = Residual(
+        return Residual(
             ctypes.addressof(self.args.struct), self.other.ctypes.data, OUT_KINDS[self.other.dtype], *self.alignment
         )
-        return self._struct
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def pack_amx(weight: np.ndarray) -> np.ndarray:
@@ -362,7 +371,7 @@ def pack_amx(weight: np.ndarray) -> np.ndarray:
     v * Cp + c (Cp: C rounded up to 4) in 64-byte chunks k, t = 64k + 4r + b -> [u, k, block, r, j, b] holds
     w[16 * block + j, c, u, v], 0 past the taps, channels or outputs."""
     out_channels, channels, kernel_h, kernel_w = weight.shape
-    padded_channels = -(-channels // LANE) * LANE
+    padded_channels = round_up(channels, LANE)
     chunks, blocks = -(-kernel_w * padded_channels // 64), -(-out_channels // BLOCK)
     taps = np.zeros((kernel_h, kernel_w, padded_channels, blocks * BLOCK), dtype=np.int8)
     taps[:, :, :channels, :out_channels] = weight.transpose(2, 3, 1, 0)
@@ -394,7 +403,7 @@ def plan_fast_conv(conv: Int8Conv) -> NativeConv | None:
     native = plan_native_conv(conv, AVX512, FAST_KINDS)
     if native is None and conv.weight is not None:
         _, per_group, kernel_h, kernel_w = conv.weight.shape
-        if conv.groups == 1 and kernel_h * kernel_w * -(-per_group // LANE) * LANE <= SMALL_K:
+        if conv.groups == 1 and kernel_h * kernel_w * round_up(per_group, LANE) <= SMALL_K:
             native = plan_native_conv(conv, AVX512, ("dense",))
     return native
 

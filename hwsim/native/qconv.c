@@ -166,11 +166,10 @@ static void qc_dense_portable(const uint8_t *x, const int8_t *w, const qc_geomet
             }
 }
 
-/* Depthwise body: centred int16 values times int16 weights [kh * kw][C], summed in int32 per chunk. */
-__attribute__((always_inline)) static inline void qc_depthwise_body(const uint8_t *x, int64_t zero_u8,
-                                                                    const int16_t *w, const qc_geometry *g,
-                                                                    const qc_epilogue *e, void *out,
-                                                                    int64_t *counts) {
+/* Depthwise, portable: centred int16 values times int16 weights [kh * kw][C], summed in int32 per chunk;
+ * taps outside the input are skipped (they add (zp - zp) * w = 0). */
+static void qc_depthwise_portable(const uint8_t *x, int64_t zero_u8, const int16_t *w, const qc_geometry *g,
+                                  const qc_epilogue *e, void *out, int64_t *counts) {
     const int64_t C = g->o, H = g->hp, W = g->wp;
     int32_t acc[QC_DW_CHUNK];
     for (int64_t n = 0; n < g->n; n++)
@@ -193,11 +192,6 @@ __attribute__((always_inline)) static inline void qc_depthwise_body(const uint8_
                     }
                     qc_requantize(acc, width, c0, e, ((n * g->oh + oy) * g->ow + ox) * C + c0, out, counts);
                 }
-}
-
-static void qc_depthwise_portable(const uint8_t *x, int64_t zero_u8, const int16_t *w, const qc_geometry *g,
-                                  const qc_epilogue *e, void *out, int64_t *counts) {
-    qc_depthwise_body(x, zero_u8, w, g, e, out, counts);
 }
 
 /* ---- AVX-512 VNNI ---------------------------------------------------------------------------- */
@@ -687,6 +681,9 @@ const char *qc_source_sha256(void) { return QC_SOURCE_SHA256; }
 
 /* Bit 0: portable (always); bit 1: AVX-512 VNNI runs on this CPU; bit 2: AMX-INT8 too (dense layers). */
 int64_t qc_variants(void) {
+    static int64_t known = 0; /* every kernel call checks its variant: the CPU is asked once (a race only
+                                 computes the same value twice) */
+    if (known) return known;
     int64_t variants = 1;
 #ifdef QC_HAVE_X86
     __builtin_cpu_init();
@@ -698,6 +695,7 @@ int64_t qc_variants(void) {
     if ((variants & 2) && qc_amx_ready()) variants |= 4;
 #endif
 #endif
+    known = variants;
     return variants;
 }
 
