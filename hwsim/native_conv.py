@@ -44,8 +44,10 @@ FAST_KINDS = ("pointwise", "depthwise")  # where the VNNI kernels beat oneDNN + 
 class Geometry(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_int64)
-        for name in ("n", "hp", "wp", "cp", "o", "kh", "kw", "sh", "sw", "dh", "dw", "oh", "ow", "pad_top", "pad_left")
-    ]
+        for name in (
+            "n", "hp", "wp", "cp", "o", "kh", "kw", "sh", "sw", "dh", "dw", "oh", "ow", "pad_top", "pad_left", "flip"
+        )
+    ]  # fmt: skip
 
 
 class Residual(ctypes.Structure):
@@ -213,24 +215,28 @@ class NativeConv:
             cached = self._epilogues.setdefault(key, made)  # atomic: the first thread's entry wins
         return cached.struct
 
-    def _input(self, x: np.ndarray, padded: bool) -> tuple[np.ndarray, int, int]:
+    def _input(self, x: np.ndarray, padded: bool) -> tuple[np.ndarray, int, int, int]:
         """The uint8 channels-last input the kernel reads (``padded``: borders at the zero point, channels
-        to a multiple of 4 for dense layers), and its (height, width) as stored."""
+        to a multiple of 4 for dense layers), its (height, width) as stored, and 1 when it is the int8
+        input itself, which the dense VNNI and portable kernels read as uint8 v + 128 (``flip``)."""
         channels_last = x.transpose(0, 2, 3, 1)
         batch, height, width, channels = channels_last.shape
+        in_place = channels_last.flags.c_contiguous and self.variant != AMX
+        if padded and in_place and not any(self.padding) and self.padded_channels == channels:
+            if x.dtype == np.uint8 and self.offset == 0:
+                return channels_last, height, width, 0
+            if x.dtype == np.int8 and self.offset == 128:
+                return channels_last.view(np.uint8), height, width, 1
         if not padded:
             if x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous:
-                return channels_last, height, width
+                return channels_last, height, width, 0
             shape = (batch, height, width, channels)
             converted = self._scratch("converted", shape)
             np.add(channels_last, np.int32(self.offset), out=converted, casting="unsafe")
-            return converted, height, width
+            return converted, height, width, 0
         top, left, bottom, right = self.padding
         padded_channels = self.padded_channels
         amx = self.variant == AMX
-        direct = x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous and not amx
-        if direct and not any(self.padding) and padded_channels == channels:
-            return channels_last, height, width
         shape = (batch, height + top + bottom, width + left + right, padded_channels)
         padded = self._scratch("padded", shape, self.amx_slack if amx else 0)
         kind = SOURCE_KINDS.get(x.dtype)
@@ -243,7 +249,7 @@ class NativeConv:
                 channels_last.ctypes.data, kind, batch, height, width, channels, strides.ctypes.data, self.offset,
                 padded.ctypes.data, *shape[1:], top, left,
             )  # fmt: skip
-        return padded, shape[1], shape[2]
+        return padded, shape[1], shape[2], 0
 
     def _scratch(self, role: str, shape: tuple[int, ...], slack: int = 0) -> np.ndarray:
         """A per-thread uint8 buffer filled with the zero point once (its borders never change), with
@@ -273,8 +279,8 @@ class NativeConv:
         if self.variant == AMX and epilogue.rule == RULE_INT:
             raise ValueError("native convolution: the AMX kernel needs a float32 requantize form")
         fast_depthwise = self.depthwise and self.reads_every_tap(epilogue.rule != RULE_INT)
-        source, height, width = self._input(x, padded=not self.depthwise)
-        geometry, out_shape = self._geometry(x.shape, height, width)
+        source, height, width, flip = self._input(x, padded=not self.depthwise)
+        geometry, out_shape = self._geometry(x.shape, height, width, flip)
         if out.shape != out_shape or not out.flags.c_contiguous:
             raise ValueError(f"native convolution: output {out.shape} does not match the layer")
         counts = self._work.__dict__.get("counts")
@@ -307,11 +313,14 @@ class NativeConv:
             raise RuntimeError(f"native convolution: variant {self.variant} cannot run this layer here ({status})")
         return tuple(counts.tolist()[: 2 if residual is None else 4])
 
-    def _geometry(self, shape: tuple[int, ...], height: int, width: int) -> tuple[Geometry, tuple[int, ...]]:
-        """The kernels' geometry for an input of logical ``shape`` stored (height, width), and the output
-        shape; made once per shape and thread (a run of the engine asks for it once per layer)."""
+    def _geometry(
+        self, shape: tuple[int, ...], height: int, width: int, flip: int
+    ) -> tuple[Geometry, tuple[int, ...]]:
+        """The kernels' geometry for an input of logical ``shape`` stored (height, width), read as int8
+        when ``flip``, and the output shape; made once per shape and thread (a run of the engine asks
+        for it once per layer)."""
         cache = self._work.__dict__.setdefault("geometries", {})
-        key = (shape, height, width)
+        key = (shape, height, width, flip)
         made = cache.get(key)
         if made is None:
             batch = shape[0]
@@ -319,7 +328,7 @@ class NativeConv:
             top, left, _, _ = self.padding
             geometry = Geometry(
                 batch, height, width, self.padded_channels, self.out_channels, *self.kernel, *self.stride,
-                *self.dilation, out_h, out_w, top, left,
+                *self.dilation, out_h, out_w, top, left, flip,
             )  # fmt: skip
             if self.pointwise:  # every pixel of the batch in one row: full register tiles
                 geometry.n, geometry.hp, geometry.oh = 1, 1, 1

@@ -43,21 +43,23 @@ def test_library_is_built_from_the_current_source() -> None:
 
 
 @st.composite
-def layers(draw):
-    """A dense, pointwise or depthwise layer: weights, input values of a <= 8-bit type, zero point, geometry."""
-    kind = draw(st.sampled_from(KINDS))
+def layers(draw, int8_in_place: bool = False):
+    """A dense, pointwise or depthwise layer: weights, input values of a <= 8-bit type, zero point, geometry.
+    ``int8_in_place``: a dense layer the kernels read straight from its int8 input (no padding, channels
+    a multiple of 4)."""
+    kind = draw(st.sampled_from(("pointwise", "dense") if int8_in_place else KINDS))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    channels = draw(st.integers(1, 40))
+    channels = 4 * draw(st.integers(1, 10)) if int8_in_place else draw(st.integers(1, 40))
     if kind == "pointwise":
         kernel, stride, padding, dilation = 1, 1, (0, 0, 0, 0), 1
     else:
         kernel = draw(st.sampled_from([1, 2, 3, 5, 6] if kind == "depthwise" else [1, 2, 3, 5]))
         stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 2))
-        padding = tuple(draw(st.lists(st.integers(0, kernel), min_size=4, max_size=4)))
+        padding = (0,) * 4 if int8_in_place else tuple(draw(st.lists(st.integers(0, kernel), min_size=4, max_size=4)))
     out_channels = channels if kind == "depthwise" else draw(st.integers(1, 70))
     size = draw(st.integers(dilation * (kernel - 1) + 1, dilation * (kernel - 1) + 9))
     batch = draw(st.integers(1, 3))
-    signed = draw(st.booleans())
+    signed = int8_in_place or draw(st.booleans())
     x_min, x_max = (-128, 127) if signed else (0, 255)
     zero_point = draw(st.sampled_from([x_min, x_max, 0, int(rng.integers(x_min, x_max + 1))]))
     top = draw(st.sampled_from([2, 20, 127]))
@@ -127,13 +129,27 @@ def requantized_layer(layer, rule: str, seed: int, data):
 @given(layer=layers(), rule=st.sampled_from(["float", "checked", "int"]), out_type=st.sampled_from(OUT_TYPES),
        seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
 def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, seed, data) -> None:
+    # the input as the engine holds it: int64 NCHW, or its storage type channels-last (the copies' fast paths)
+    check_native_conv(layer, rule, out_type, seed, data, data.draw(st.sampled_from(["int64", "channels-last"])))
+
+
+@needs_library
+@needs_onednn
+@SETTINGS
+@given(layer=layers(int8_in_place=True), rule=st.sampled_from(["float", "checked", "int"]),
+       out_type=st.sampled_from(OUT_TYPES), seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
+def test_native_conv_reads_int8_inputs_in_place(layer, rule, out_type, seed, data) -> None:
+    """Dense layers without padding over int8 channels-last inputs: no copy, each byte read as v + 128."""
+    check_native_conv(layer, rule, out_type, seed, data, "channels-last", int8_in_place=True)
+
+
+def check_native_conv(layer, rule, out_type, seed, data, layout: str, int8_in_place: bool = False) -> None:
     weight, x, (x_min, _), _, geometry = layer
     conv, form, int_form, (expected, saturations, overflows), _ = requantized_layer(layer, rule, seed, data)
     check_overflow = bool(form.limits[6])
-    # the input as the engine holds it: int64 NCHW, or its storage type channels-last (the copies' fast paths)
     narrow = np.int8 if x_min < 0 else np.uint8
-    layout = data.draw(st.sampled_from(["int64", "channels-last"]))
-    stored = x.astype(np.int64) if layout == "int64" else x.transpose(0, 2, 3, 1).astype(narrow).transpose(0, 3, 1, 2)
+    channels_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=narrow)  # (astype would keep NCHW order)
+    stored = x.astype(np.int64) if layout == "int64" else channels_last.transpose(0, 3, 1, 2)
     for variant in variants_here():
         native = plan_native_conv(conv, variant, KINDS)
         if native is None:  # AMX: no dilation along x; vector depthwise: at most 5 x 5 taps (portable: any)
@@ -143,6 +159,8 @@ def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, se
             continue
         if variant == AMX and rule == "int" and not native.depthwise:
             continue  # the engine hands the native kernels float32 forms only; AMX has no int64 epilogue
+        if int8_in_place:  # AMX reads a padded uint8 copy
+            assert native._input(stored, padded=True)[3] == (variant != AMX), f"variant {variant}"
         out = np.empty(expected.shape, dtype=out_type)
         counts = native.requantize_into(stored, form, int_form, out)
         np.testing.assert_array_equal(out, expected.astype(out_type), err_msg=f"variant {variant}")

@@ -2,7 +2,8 @@
  * no accumulator ever reaches memory (hwsim/native_conv.py drives them through ctypes).
  *
  * Dense convolutions (groups 1) read a padded channels-last uint8 input [N, Hp, Wp, Cp] (Cp a multiple
- * of 4, padding and extra channels at the zero point) and weights packed as [O/16][kh][kw][Cp/4][16][4]
+ * of 4, padding and extra channels at the zero point; or an unpadded int8 input, each byte read as
+ * v ^ 0x80 = v + 128: geometry.flip) and weights packed as [O/16][kh][kw][Cp/4][16][4]
  * (the vpdpbusd shape: 16 int32 lanes, 4 consecutive input channels each; AMX: its own layout). Sums
  * are int32: the caller proves 255 * sum|w| < 2**31; the zero point enters as zp * sum(w) per output.
  * Depthwise convolutions (one input and one output channel per group) read the unpadded input.
@@ -37,6 +38,7 @@ typedef struct {
     int64_t o, kh, kw, sh, sw, dh, dw; /* output channels, kernel, stride, dilation */
     int64_t oh, ow;                 /* output size */
     int64_t pad_top, pad_left;      /* depthwise only: the input is unpadded */
+    int64_t flip;                   /* dense, not AMX: the input bytes are int8, read as uint8 v + 128 (v ^ 0x80) */
 } qc_geometry;
 
 typedef struct {
@@ -138,6 +140,7 @@ static inline int32_t qc_bytes4(const uint8_t *a) {
 /* One output pixel, all output channels: sums into acc[o]. */
 static void qc_dense_pixel(const uint8_t *pix, const int8_t *w, const qc_geometry *g, int32_t *acc) {
     const int64_t groups4 = g->cp / 4, block_stride = g->kh * g->kw * groups4 * 64;
+    const int32_t flip = g->flip ? 0x80 : 0;
     for (int64_t c = 0; c < g->o; c++) {
         const int8_t *wb = w + (c / 16) * block_stride + (c % 16) * 4;
         int32_t sum = 0;
@@ -146,7 +149,7 @@ static void qc_dense_pixel(const uint8_t *pix, const int8_t *w, const qc_geometr
                 const uint8_t *a = pix + (u * g->dh * g->wp + v * g->dw) * g->cp;
                 const int8_t *wt = wb + (u * g->kw + v) * groups4 * 64;
                 for (int64_t k = 0; k < groups4; k++)
-                    for (int j = 0; j < 4; j++) sum += (int32_t)a[4 * k + j] * (int32_t)wt[64 * k + j];
+                    for (int j = 0; j < 4; j++) sum += (int32_t)(a[4 * k + j] ^ flip) * (int32_t)wt[64 * k + j];
             }
         acc[c] = sum;
     }
@@ -208,6 +211,7 @@ static void qc_depthwise_portable(const uint8_t *x, int64_t zero_u8, const int16
         for (int p = 0; p < P; p++)                                                                           \
             for (int b = 0; b < B; b++) s[p][b] = _mm512_setzero_si512();                                     \
         const int64_t groups4 = g->cp / 4;                                                                    \
+        const int32_t flip = g->flip ? (int32_t)0x80808080u : 0;                                              \
         for (int64_t u = 0; u < g->kh; u++)                                                                   \
             for (int64_t v = 0; v < g->kw; v++) {                                                             \
                 const int64_t at = (u * g->dh * g->wp + v * g->dw) * g->cp;                                   \
@@ -216,7 +220,7 @@ static void qc_depthwise_portable(const uint8_t *x, int64_t zero_u8, const int16
                     __m512i wv[B];                                                                            \
                     for (int b = 0; b < B; b++) wv[b] = _mm512_loadu_si512(wt + b * block_stride + k * 64);   \
                     for (int p = 0; p < P; p++) {                                                             \
-                        const __m512i a = _mm512_set1_epi32(qc_bytes4(pix[p] + at + 4 * k));                  \
+                        const __m512i a = _mm512_set1_epi32(qc_bytes4(pix[p] + at + 4 * k) ^ flip);           \
                         for (int b = 0; b < B; b++) s[p][b] = _mm512_dpbusd_epi32(s[p][b], a, wv[b]);         \
                     }                                                                                         \
                 }                                                                                             \
@@ -713,7 +717,7 @@ int64_t qc_dense(int64_t variant, const uint8_t *x, const int8_t *w, const qc_ge
     }
 #ifdef QC_HAVE_AMX
     if (variant == 4 && (qc_variants() & 4)) {
-        if (e->rule == 0 || g->dw != 1) return -2;
+        if (e->rule == 0 || g->dw != 1 || g->flip) return -2;
         qc_dense_amx(x, w, g, e, r, out, counts);
         return 0;
     }
