@@ -36,7 +36,9 @@ LIBRARY_STEM = "_qconv"
 BLOCK = 16  # output channels per vpdpbusd register
 LANE = 4  # input channels per int32 lane
 KINDS = ("pointwise", "dense", "depthwise")
+DEPTHWISE_PAD_PIXELS = 256  # depthwise inputs up to 16 x 16 are copied padded: border pixels then take the fast path
 DEPTHWISE_TAPS = 25  # the vector depthwise kernel holds a kernel's taps in registers: up to 5 x 5 (QC_DW_TAPS)
+TILE_PIXELS = 8  # output pixels per dense register tile (QC_MAX_P): the epilogue's arrays span this many
 SMALL_K = 64  # dense layers with at most this many products per output (a first layer) run on VNNI too
 FAST_KINDS = ("pointwise", "depthwise")  # where the VNNI kernels beat oneDNN + requantize (docs/hwsim.md#performance)
 
@@ -71,6 +73,7 @@ class Epilogue(ctypes.Structure):
         ),  # fmt: skip
         ("error", ctypes.c_float),
         ("out_kind", ctypes.c_int64),
+        ("offset", ctypes.c_void_p),
     ]
 
 
@@ -131,26 +134,33 @@ class EpilogueArgs:
     def of(cls, form, int_form, out_dtype: np.dtype, correction: np.ndarray) -> EpilogueArgs:
         """The epilogue of a requantize form (``hwsim.channels_last``): float32 forms run as they are (exact,
         or checked with ``int_form`` for the elements near a half), any other in int64 (``int_form``).
-        ``correction``: per output channel, subtracted from the int32 sums first."""
+        ``correction``: per output channel, subtracted from the int32 sums first. Every per-channel array
+        repeats TILE_PIXELS times (the dense kernel requantizes a pixel group's outputs as one run)."""
         rule = RULE_INT
         if form.kind in ("float", "checked") and form.dtype is np.float32:
             rule = RULE_FLOAT32 if form.kind == "float" else RULE_CHECKED32
         if rule != RULE_FLOAT32 and int_form is None:
             raise ValueError("native kernels: this requantize needs its int64 form")
         channels = correction.size
-        arrays = [np.ascontiguousarray(correction, dtype=np.int32)]
+
+        def tiled(values, dtype) -> np.ndarray:
+            return np.ascontiguousarray(np.tile(np.asarray(values)[:channels], TILE_PIXELS), dtype=dtype)
+
+        arrays = [tiled(correction, np.int32)]
         for name in ("bias", "multiplier", "shift", "up"):
-            values = getattr(int_form, name)[:channels] if int_form is not None else np.zeros(channels)
-            arrays.append(np.ascontiguousarray(values, dtype=np.int64))
+            arrays.append(tiled(getattr(int_form, name) if int_form is not None else np.zeros(channels), np.int64))
         floats = form if rule != RULE_INT else None
         for name in ("scale", "bias"):
-            values = getattr(floats, name)[:channels] if floats is not None else np.zeros(channels)
-            arrays.append(np.ascontiguousarray(values, dtype=np.float32))
+            arrays.append(tiled(getattr(floats, name) if floats is not None else np.zeros(channels), np.float32))
+        # the float rules' bias is an integer (exact in float32): bias - correction, wrapped to int32 like the sums
+        integer_bias = arrays[6].astype(np.int64) if floats is not None else arrays[1]
+        arrays.append(((integer_bias - arrays[0]) & 0xFFFFFFFF).astype(np.uint32).view(np.int32))
         limits = (floats or int_form).limits
         error = float(limits[7]) if rule == RULE_CHECKED32 else 0.0
         struct = Epilogue(
-            *(a.ctypes.data for a in arrays), *(int(value) for value in limits[:7]), rule, error, OUT_KINDS[out_dtype]
-        )
+            *(a.ctypes.data for a in arrays[:7]), *(int(value) for value in limits[:7]), rule, error,
+            OUT_KINDS[out_dtype], arrays[7].ctypes.data,
+        )  # fmt: skip
         return cls(struct, form, int_form, arrays)
 
 
@@ -170,6 +180,7 @@ class NativeConv:
     offset: int  # stored activation + offset = the uint8 the kernels read
     zero_point: int  # the uint8 that means 0
     variant: int = AVX512
+    pad_pixels: int = DEPTHWISE_PAD_PIXELS  # the vector depthwise kernel reads inputs up to this size padded
     # made once here, never replaced: worker threads share the layer and C reads these arrays unlocked
     zero_row: np.ndarray = field(init=False)  # C bytes at the zero point: what a depthwise tap outside reads
     lane_weights: np.ndarray = field(init=False)  # depthwise: int32 lanes holding (uint16) w, for vpdpwssd
@@ -279,8 +290,10 @@ class NativeConv:
         if self.variant == AMX and epilogue.rule == RULE_INT:
             raise ValueError("native convolution: the AMX kernel needs a float32 requantize form")
         fast_depthwise = self.depthwise and self.reads_every_tap(epilogue.rule != RULE_INT)
-        source, height, width, flip = self._input(x, padded=not self.depthwise)
-        geometry, out_shape = self._geometry(x.shape, height, width, flip)
+        # small images have mostly border pixels, which the vector kernel runs one by one: pad those
+        padded = not self.depthwise or (fast_depthwise and x.shape[2] * x.shape[3] <= self.pad_pixels)
+        source, height, width, flip = self._input(x, padded=padded)
+        geometry, out_shape = self._geometry(x.shape, height, width, flip, padded)
         if out.shape != out_shape or not out.flags.c_contiguous:
             raise ValueError(f"native convolution: output {out.shape} does not match the layer")
         counts = self._work.__dict__.get("counts")
@@ -301,8 +314,9 @@ class NativeConv:
             )  # fmt: skip
         elif not self.depthwise:
             scratch = self._work.__dict__.get("sums")
-            if scratch is None or scratch.size < self.out_channels:
-                scratch = self._work.sums = np.empty(self.out_channels, dtype=np.int32)
+            size = TILE_PIXELS * (self.out_channels + round_up(self.padded_channels, LANE) // LANE)
+            if scratch is None or scratch.size < size:  # int32 sums of a pixel group, then its flipped bytes
+                scratch = self._work.sums = np.empty(size, dtype=np.int32)
             status = lib.qc_dense(
                 self.variant, source.ctypes.data, self.weights.ctypes.data, pointer(geometry), pointer(epilogue),
                 extra, out.ctypes.data, counts.ctypes.data, scratch.ctypes.data,
@@ -314,18 +328,18 @@ class NativeConv:
         return tuple(counts.tolist()[: 2 if residual is None else 4])
 
     def _geometry(
-        self, shape: tuple[int, ...], height: int, width: int, flip: int
+        self, shape: tuple[int, ...], height: int, width: int, flip: int, padded: bool
     ) -> tuple[Geometry, tuple[int, ...]]:
         """The kernels' geometry for an input of logical ``shape`` stored (height, width), read as int8
-        when ``flip``, and the output shape; made once per shape and thread (a run of the engine asks
-        for it once per layer)."""
+        when ``flip``, ``padded`` or not, and the output shape; made once per shape and thread (a run of
+        the engine asks for it once per layer)."""
         cache = self._work.__dict__.setdefault("geometries", {})
-        key = (shape, height, width, flip)
+        key = (shape, height, width, flip, padded)
         made = cache.get(key)
         if made is None:
             batch = shape[0]
             out_h, out_w = self.output_hw(shape[2], shape[3])
-            top, left, _, _ = self.padding
+            top, left, _, _ = (0, 0, 0, 0) if padded else self.padding
             geometry = Geometry(
                 batch, height, width, self.padded_channels, self.out_channels, *self.kernel, *self.stride,
                 *self.dilation, out_h, out_w, top, left, flip,

@@ -161,10 +161,12 @@ def check_native_conv(layer, rule, out_type, seed, data, layout: str, int8_in_pl
             continue  # the engine hands the native kernels float32 forms only; AMX has no int64 epilogue
         if int8_in_place:  # AMX reads a padded uint8 copy
             assert native._input(stored, padded=True)[3] == (variant != AMX), f"variant {variant}"
-        out = np.empty(expected.shape, dtype=out_type)
-        counts = native.requantize_into(stored, form, int_form, out)
-        np.testing.assert_array_equal(out, expected.astype(out_type), err_msg=f"variant {variant}")
-        assert counts == (saturations, overflows if check_overflow else 0), f"variant {variant}"
+        for pad_pixels in (0, 10**9) if native.depthwise else (0,):  # depthwise: unpadded and padded input
+            native.pad_pixels = pad_pixels
+            out = np.empty(expected.shape, dtype=out_type)
+            counts = native.requantize_into(stored, form, int_form, out)
+            np.testing.assert_array_equal(out, expected.astype(out_type), err_msg=f"variant {variant} {pad_pixels}")
+            assert counts == (saturations, overflows if check_overflow else 0), f"variant {variant} {pad_pixels}"
 
 
 @needs_library

@@ -51,6 +51,7 @@ typedef struct {
     int64_t rule;     /* 0 int64; 1 float32, proven exact; 2 float32 checked against the nearest half */
     float error;      /* checked: |p - exact| <= error * |p| */
     int64_t out_kind; /* 0 uint8, 1 int8, 2 int16, 3 int32 */
+    const int32_t *offset; /* float rules, dense VNNI: bias - correction (mod 2**32), as the per-channel arrays */
 } qc_epilogue;
 
 /* A residual add fed by the kernel's requantized output (`own`), with its own requantize (a float32 rule). */
@@ -203,37 +204,43 @@ static void qc_depthwise_portable(const uint8_t *x, int64_t zero_u8, const int16
 #define QC_HAVE_X86 1
 #define QC_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
 
-/* P pixels x B blocks of 16 channels, every tap and input channel: int32 sums into acc[p][QC_MAX_B * 16]. */
-#define QC_TILE512(P, B)                                                                                      \
-    QC_AVX512 static void qc_tile512_##P##_##B(const uint8_t *const *pix, const int8_t *w,                     \
-                                               int64_t block_stride, const qc_geometry *g, int32_t *acc) {      \
+/* P pixels x B blocks of 16 channels, every tap and input channel: int32 sums into acc[p * acc_stride + 16 b
+ * + lane], the last block's lanes past `last` not stored (they would overwrite the next pixel's). F: the
+ * input is int8 (geometry.flip); else each lane is broadcast straight from memory (a load, no shuffle).
+ * The loops over registers are unrolled (else GCC zeroes a dead stack copy of s with rep stos per call). */
+#define QC_TILE512(P, B, F)                                                                                   \
+    QC_AVX512 static void qc_tile512_##P##_##B##_##F(const uint8_t *const *pix, const int8_t *w,                \
+                                                     int64_t block_stride, const qc_geometry *g, int32_t *acc,  \
+                                                     int64_t acc_stride, __mmask16 last) {                      \
         __m512i s[P][B];                                                                                      \
-        for (int p = 0; p < P; p++)                                                                           \
-            for (int b = 0; b < B; b++) s[p][b] = _mm512_setzero_si512();                                     \
+        _Pragma("GCC unroll 8") for (int p = 0; p < P; p++)                                                   \
+            _Pragma("GCC unroll 3") for (int b = 0; b < B; b++) s[p][b] = _mm512_setzero_si512();             \
         const int64_t groups4 = g->cp / 4;                                                                    \
-        const int32_t flip = g->flip ? (int32_t)0x80808080u : 0;                                              \
+        const int32_t flip = F ? (int32_t)0x80808080u : 0;                                                    \
         for (int64_t u = 0; u < g->kh; u++)                                                                   \
             for (int64_t v = 0; v < g->kw; v++) {                                                             \
                 const int64_t at = (u * g->dh * g->wp + v * g->dw) * g->cp;                                   \
                 const int8_t *wt = w + (u * g->kw + v) * groups4 * 64;                                        \
                 for (int64_t k = 0; k < groups4; k++) {                                                       \
                     __m512i wv[B];                                                                            \
-                    for (int b = 0; b < B; b++) wv[b] = _mm512_loadu_si512(wt + b * block_stride + k * 64);   \
-                    for (int p = 0; p < P; p++) {                                                             \
+                    _Pragma("GCC unroll 3") for (int b = 0; b < B; b++)                                       \
+                        wv[b] = _mm512_loadu_si512(wt + b * block_stride + k * 64);                           \
+                    _Pragma("GCC unroll 8") for (int p = 0; p < P; p++) {                                     \
                         const __m512i a = _mm512_set1_epi32(qc_bytes4(pix[p] + at + 4 * k) ^ flip);           \
-                        for (int b = 0; b < B; b++) s[p][b] = _mm512_dpbusd_epi32(s[p][b], a, wv[b]);         \
+                        _Pragma("GCC unroll 3") for (int b = 0; b < B; b++)                                   \
+                            s[p][b] = _mm512_dpbusd_epi32(s[p][b], a, wv[b]);                                 \
                     }                                                                                         \
                 }                                                                                             \
             }                                                                                                 \
-        for (int p = 0; p < P; p++)                                                                           \
-            for (int b = 0; b < B; b++) _mm512_storeu_si512(acc + (p * QC_MAX_B + b) * 16, s[p][b]);          \
+        _Pragma("GCC unroll 8") for (int p = 0; p < P; p++)                                                   \
+            _Pragma("GCC unroll 3") for (int b = 0; b < B; b++)                                               \
+                _mm512_mask_storeu_epi32(acc + p * acc_stride + b * 16, b == B - 1 ? last : 0xffff, s[p][b]);  \
     }
-QC_TILE512(8, 3)
-QC_TILE512(8, 2)
-QC_TILE512(8, 1)
-QC_TILE512(1, 3)
-QC_TILE512(1, 2)
-QC_TILE512(1, 1)
+#define QC_TILES512(F) QC_TILE512(8, 3, F) QC_TILE512(8, 2, F) QC_TILE512(8, 1, F) \
+    QC_TILE512(1, 3, F) QC_TILE512(1, 2, F) QC_TILE512(1, 1, F)
+QC_TILES512(0)
+QC_TILES512(1)
+#undef QC_TILES512
 
 /* ---- the float32 epilogue in 16-lane vectors: the same operations in the same order as the scalar
  * rule (and as hwsim.kernels.requant / requant_checked), so the same results and counts ---- */
@@ -341,9 +348,10 @@ QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(const
     /* round half to even in the conversion itself (|p| < 2**24 for rule 1), then zero point and clip */
     __m512i q = _mm512_add_epi32(_mm512_cvt_roundps_epi32(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
                                  s->zero);
-    t->saturated = _mm512_sub_epi32(t->saturated, _mm512_movm_epi32(_mm512_mask_cmpgt_epi32_mask(m, q, s->high)));
+    const __m512i one = _mm512_set1_epi32(1);
+    t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmpgt_epi32_mask(m, q, s->high), t->saturated, one);
     if (low_counts)
-        t->saturated = _mm512_sub_epi32(t->saturated, _mm512_movm_epi32(_mm512_mask_cmplt_epi32_mask(m, q, s->low)));
+        t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmplt_epi32_mask(m, q, s->low), t->saturated, one);
     q = _mm512_max_epi32(_mm512_min_epi32(q, s->high), s->low);
     if (checked) {
         const __m512 below = _mm512_roundscale_ps(p, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
@@ -439,16 +447,46 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_rows512(
     }
 }
 
-typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const qc_geometry *, int32_t *);
-static const qc_tile_fn qc_tiles512[2][QC_MAX_B] = {
-    {qc_tile512_1_1, qc_tile512_1_2, qc_tile512_1_3},
-    {qc_tile512_8_1, qc_tile512_8_2, qc_tile512_8_3},
+/* Requantize `count` int32 sums acc[0..] of consecutive pixels' channels (pixel-major, starting at channel 0)
+ * into out[at..]: element i's per-channel constants are at index i (the epilogue's arrays repeat every
+ * output channel count, QC_MAX_P times). v = acc + offset (bias - correction) in int32, then as qc_rows512. */
+QC_AVX512 __attribute__((always_inline)) static inline void qc_flat512(
+    const qc_ctx512 *x, qc_tally512 *t1, qc_tally512 *t2, const int32_t *acc, int64_t count, int64_t at, void *out,
+    const int residual, const int checked, const int low_counts, const int check_overflow, const int64_t out_kind) {
+    qc_tally512 n1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, n2 = n1;
+    const int32_t *offset = x->first.e->offset;
+    for (int64_t i = 0; i < count; i += 16) {
+        const __mmask16 m = count - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (count - i)) - 1);
+        const __m512i sums = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, acc + i), _mm512_maskz_loadu_epi32(m, offset + i));
+        qc_emit512(x, &n1, &n2, _mm512_cvtepi32_ps(sums), i, m, at + i, out, residual, checked, low_counts,
+                   check_overflow, out_kind);
+    }
+    t1->saturated = _mm512_add_epi32(t1->saturated, n1.saturated);
+    t1->overflowed = _mm512_add_epi32(t1->overflowed, n1.overflowed);
+    t1->corrections += n1.corrections;
+    if (residual) {
+        t2->saturated = _mm512_add_epi32(t2->saturated, n2.saturated);
+        t2->overflowed = _mm512_add_epi32(t2->overflowed, n2.overflowed);
+        t2->corrections += n2.corrections;
+    }
+}
+
+typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const qc_geometry *, int32_t *, int64_t,
+                           __mmask16);
+static const qc_tile_fn qc_tiles512[2][2][QC_MAX_B] = { /* [flip][8 pixels][blocks - 1] */
+    {{qc_tile512_1_1_0, qc_tile512_1_2_0, qc_tile512_1_3_0}, {qc_tile512_8_1_0, qc_tile512_8_2_0, qc_tile512_8_3_0}},
+    {{qc_tile512_1_1_1, qc_tile512_1_2_1, qc_tile512_1_3_1}, {qc_tile512_8_1_1, qc_tile512_8_2_1, qc_tile512_8_3_1}},
 };
 
+/* scratch: int32[QC_MAX_P * o] (a pixel group's sums for all outputs, requantized as one flat run), then
+ * QC_MAX_P * cp bytes: a 1 x 1 layer's int8 pixel group flipped to uint8 once, not per output block. */
 QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const qc_geometry *g, const qc_epilogue *e,
-                                      const qc_residual *r, void *out, int64_t *counts) {
-    const int64_t blocks = (g->o + 15) / 16, block_stride = g->kh * g->kw * (g->cp / 4) * 64;
-    int32_t acc[QC_MAX_P * QC_MAX_B * 16];
+                                      const qc_residual *r, void *out, int64_t *counts, int32_t *acc) {
+    const int64_t O = g->o, blocks = (O + 15) / 16, block_stride = g->kh * g->kw * (g->cp / 4) * 64;
+    const __mmask16 last = O % 16 ? (__mmask16)((1u << (O % 16)) - 1) : (__mmask16)0xffff;
+    const int flip_once = g->flip && g->kh == 1 && g->kw == 1 && g->sw == 1; /* a group's pixels are adjacent */
+    const int flip_tiles = g->flip && !flip_once;
+    uint8_t *flipped = (uint8_t *)(acc + QC_MAX_P * O);
     const uint8_t *pix[QC_MAX_P];
     qc_ctx512 ctx;
     qc_ctx_init(&ctx, e, r);
@@ -459,27 +497,38 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
                 const int P = g->ow - ox >= QC_MAX_P ? QC_MAX_P : 1;
                 for (int p = 0; p < P; p++)
                     pix[p] = x + ((n * g->hp + oy * g->sh) * g->wp + (ox + p) * g->sw) * g->cp;
+                if (flip_once) {
+                    const int64_t bytes = P * g->cp;
+                    const __m512i high = _mm512_set1_epi8((char)0x80);
+                    for (int64_t i = 0; i < bytes; i += 64) {
+                        const __mmask64 m = bytes - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (bytes - i)) - 1);
+                        _mm512_mask_storeu_epi8(flipped + i, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, pix[0] + i), high));
+                    }
+                    for (int p = 0; p < P; p++) pix[p] = flipped + p * g->cp;
+                }
                 for (int64_t b = 0; b < blocks; b += QC_MAX_B) {
                     const int B = (int)(blocks - b < QC_MAX_B ? blocks - b : QC_MAX_B);
-                    qc_tiles512[P == QC_MAX_P][B - 1](pix, w + b * block_stride, block_stride, g, acc);
-                    const int64_t c0 = b * 16, width = g->o - c0 < B * 16 ? g->o - c0 : B * 16;
-                    const int64_t at = ((n * g->oh + oy) * g->ow + ox) * g->o + c0;
-                    /* the common cases with constant flags (their loops then have no branches) */
-#define QC_ROWS(RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)                                                      \
-    qc_rows512(&ctx, &t1, &t2, acc, P, QC_MAX_B * 16, width, c0, at, g->o, out, RESIDUAL, CHECKED, LOW, OVERFLOW,    \
-               KIND)
-                    const qc_stage512 *f = &ctx.first;
-                    const int plain = !f->check_overflow && !f->low_counts && ctx.out_kind <= 1;
-                    if (ctx.residual && ctx.out_kind <= 1)
-                        QC_ROWS(1, 0, 0, 0, 0);
-                    else if (ctx.residual)
-                        QC_ROWS(1, 0, 0, 0, ctx.out_kind);
-                    else if (plain)
-                        f->checked ? QC_ROWS(0, 1, 0, 0, 0) : QC_ROWS(0, 0, 0, 0, 0);
-                    else
-                        QC_ROWS(0, f->checked, f->low_counts, f->check_overflow, ctx.out_kind);
-#undef QC_ROWS
+                    const __mmask16 m = b + B == blocks ? last : (__mmask16)0xffff;
+                    qc_tiles512[flip_tiles][P == QC_MAX_P][B - 1](pix, w + b * block_stride, block_stride, g, acc + b * 16,
+                                                                  O, m);
                 }
+                const int64_t at = ((n * g->oh + oy) * g->ow + ox) * O, count = P * O;
+                /* the common cases with constant flags (their loops then have no branches) */
+#define QC_FLAT(RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)                                                      \
+    qc_flat512(&ctx, &t1, &t2, acc, count, at, out, RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)
+                const qc_stage512 *f = &ctx.first;
+                const int plain = !f->check_overflow && ctx.out_kind <= 1;
+                if (ctx.residual && ctx.out_kind <= 1)
+                    QC_FLAT(1, 0, 0, 0, 0);
+                else if (ctx.residual)
+                    QC_FLAT(1, 0, 0, 0, ctx.out_kind);
+                else if (plain && !f->low_counts)
+                    f->checked ? QC_FLAT(0, 1, 0, 0, 0) : QC_FLAT(0, 0, 0, 0, 0);
+                else if (plain)
+                    f->checked ? QC_FLAT(0, 1, 1, 0, 0) : QC_FLAT(0, 0, 1, 0, 0);
+                else
+                    QC_FLAT(0, f->checked, f->low_counts, f->check_overflow, ctx.out_kind);
+#undef QC_FLAT
                 ox += P;
             }
     qc_ctx_finish(&ctx, &t1, &t2, counts);
@@ -707,7 +756,7 @@ int64_t qc_variants(void) {
  * overflows, then the residual add's); r: the residual add the output feeds, or NULL (AVX-512 only, float32
  * rules). Returns 0; -1: the variant does not run here; -2: the rule or geometry is not covered. */
 
-/* Dense, padded input; scratch: int32[o] (portable only). */
+/* Dense, padded input; scratch: int32[QC_MAX_P * o] and QC_MAX_P * cp bytes. */
 int64_t qc_dense(int64_t variant, const uint8_t *x, const int8_t *w, const qc_geometry *g, const qc_epilogue *e,
                  const qc_residual *r, void *out, int64_t *counts, int32_t *scratch) {
     if (r != NULL && (variant == 1 || e->rule == 0 || r->add->rule == 0)) return -2;
@@ -727,7 +776,7 @@ int64_t qc_dense(int64_t variant, const uint8_t *x, const int8_t *w, const qc_ge
         if (e->rule == 0)
             qc_dense_portable(x, w, g, e, out, counts, scratch); /* the int64 rule has no vector form here */
         else
-            qc_dense_avx512(x, w, g, e, r, out, counts);
+            qc_dense_avx512(x, w, g, e, r, out, counts, scratch);
         return 0;
     }
 #endif
