@@ -34,6 +34,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from hwsim.buffer_slots import assign_slots
 from hwsim.channels_last import (
     ChannelsLastStep,
     NativeResidualStep,
@@ -171,6 +172,7 @@ class Engine:
         self.channels_last: dict[str, ChannelsLastStep] = {}  # fused nodes with an exact channels-last form
         self.fused = self._fusable_requants()
         self.residuals = self._residual_steps()
+        self._slots = self._output_slots()
         if self.channels_last:
             retain_freed_memory()  # its per-layer buffers would otherwise page-fault in some processes
         self._local = threading.local()  # per thread: work buffers, worker count inside a batch slice
@@ -245,6 +247,14 @@ class Engine:
                 steps[name] = (step, requant_node, add, self.fused[add.name])
         return steps
 
+    def _output_slots(self) -> dict[str, int]:
+        """The shared output array of each channels-last step (``hwsim.buffer_slots``), by buffer name."""
+        position = {node.name: index for index, node in enumerate(self.graph.nodes)}
+        steps = {name: (position[name], self.fused[name].outputs[0]) for name in self.channels_last}
+        for name, (_, _, add, add_requant) in self.residuals.items():  # the add runs with the convolution
+            steps[add.name] = (min(position[name], steps[add.name][0]), add_requant.outputs[0])
+        return assign_slots(self.graph, steps)
+
     def _float_requant(self, node: Node, requant_node: Node, plan: WeightedPlan | None, make=exact_requant):
         """The exact channels-last form (``make``: float where exact, else int64; or only one) or None."""
         channels = self.graph.tensors[node.outputs[0]].shape[1]
@@ -284,7 +294,7 @@ class Engine:
     def _fused_requant(self, node: Node, requant_node: Node, inputs: list[np.ndarray], counts: list[LayerCounts]):
         step = self.channels_last.get(node.name)
         if step is not None and step.accepts(inputs):
-            out = self._buffer(node.name, "out", step.out_shape(inputs[0].shape[0]), step.out_type)  # reused
+            out = self._output(node.name, step.out_shape(inputs[0].shape[0]), step.out_type)
             self._record(counts, [step(inputs, out)])
             return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
         out_info = self.graph.tensors[requant_node.outputs[0]]
@@ -378,6 +388,17 @@ class Engine:
             if planned is not None:
                 plan.conv, bound = planned
                 plan.acc_bound = bound + int(np.abs(plan.bias).max(initial=0))
+
+    def _output(self, layer: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A channels-last step's output: a view of its slot's array, which steps whose tensors are never
+        live at the same time share (``hwsim.buffer_slots``), so writes land in recently used memory."""
+        arrays = self._local.__dict__.setdefault("slots", {})
+        slot = self._slots[layer]
+        size = math.prod(shape) * np.dtype(dtype).itemsize
+        array = arrays.get(slot)
+        if array is None or array.size < size:
+            array = arrays[slot] = np.empty(size, dtype=np.uint8)  # a live tensor never holds an old one
+        return array[:size].view(dtype).reshape(shape)
 
     def _buffer(self, layer: str, role: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
         """A work array reused across runs of the same shape (padding borders stay zero)."""
@@ -556,7 +577,7 @@ class Engine:
         other_rows = channels_last_rows(values[step.other])
         if other_rows is None:
             return False
-        out = self._buffer(add.name, "out", step.add.out_shape(x.shape[0]), step.add.out_type)
+        out = self._output(add.name, step.add.out_shape(x.shape[0]), step.add.out_type)
         results = step(x, other_rows, out)
         by_name[name].overflow_events, by_name[requant_node.name].saturations = int(results[1]), int(results[0])
         by_name[add.name].overflow_events, by_name[add_requant.name].saturations = int(results[3]), int(results[2])
