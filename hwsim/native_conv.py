@@ -36,7 +36,7 @@ LIBRARY_STEM = "_qconv"
 BLOCK = 16  # output channels per vpdpbusd register
 LANE = 4  # input channels per int32 lane
 KINDS = ("pointwise", "dense", "depthwise")
-DEPTHWISE_PAD_PIXELS = 256  # depthwise inputs up to 16 x 16 are copied padded: border pixels then take the fast path
+DEPTHWISE_PAD_PIXELS = 256  # strided depthwise inputs up to 16 x 16 are copied padded (stride 1: all of them)
 DEPTHWISE_TAPS = 25  # the vector depthwise kernel holds a kernel's taps in registers: up to 5 x 5 (QC_DW_TAPS)
 TILE_PIXELS = 8  # output pixels per dense register tile (QC_MAX_P): the epilogue's arrays span this many
 SMALL_K = 64  # dense layers with at most this many products per output (a first layer) run on VNNI too
@@ -96,7 +96,7 @@ def library() -> ctypes.CDLL | None:
             lib.qc_depthwise.argtypes = [ctypes.c_int64, pointer, ctypes.c_int64, pointer, pointer, pointer, pointer,
                                          pointer]  # fmt: skip
             lib.qc_depthwise_fast.restype = ctypes.c_int64
-            lib.qc_depthwise_fast.argtypes = [ctypes.c_int64, *[pointer] * 8]
+            lib.qc_depthwise_fast.argtypes = [ctypes.c_int64, *[pointer] * 9]
             lib.qc_pad_copy.restype = ctypes.c_int64
             lib.qc_pad_copy.argtypes = [pointer, *[ctypes.c_int64] * 5, pointer, ctypes.c_int64, pointer,
                                         *[ctypes.c_int64] * 5]  # fmt: skip
@@ -180,7 +180,7 @@ class NativeConv:
     offset: int  # stored activation + offset = the uint8 the kernels read
     zero_point: int  # the uint8 that means 0
     variant: int = AVX512
-    pad_pixels: int = DEPTHWISE_PAD_PIXELS  # the vector depthwise kernel reads inputs up to this size padded
+    pad_pixels: int | None = None  # the vector depthwise kernel reads inputs up to this size padded (None: the rule)
     # made once here, never replaced: worker threads share the layer and C reads these arrays unlocked
     zero_row: np.ndarray = field(init=False)  # C bytes at the zero point: what a depthwise tap outside reads
     lane_weights: np.ndarray = field(init=False)  # depthwise: int32 lanes holding (uint16) w, for vpdpwssd
@@ -189,6 +189,10 @@ class NativeConv:
 
     def __post_init__(self) -> None:
         self.zero_row = np.full(self.channels, self.zero_point, dtype=np.uint8)
+        if self.pad_pixels is None:  # measured (docs/hwsim.md#performance): a padded copy pays for itself where
+            # border pixels, which the vector kernel runs one at a time, are many (small images) or where
+            # the outputs are as many as the inputs (stride 1); a strided layer's copy costs more than it saves
+            self.pad_pixels = 2**62 if self.stride == (1, 1) else DEPTHWISE_PAD_PIXELS
         self.lane_weights = self.weights.astype(np.int32) & 0xFFFF if self.depthwise else self.zero_row[:0]
 
     @property
@@ -262,6 +266,13 @@ class NativeConv:
             )  # fmt: skip
         return padded, shape[1], shape[2], 0
 
+    def _sums(self, size: int) -> np.ndarray:
+        """A per-thread int32 work array of at least ``size`` elements (the kernels' sums before requantizing)."""
+        sums = self._work.__dict__.get("sums")
+        if sums is None or sums.size < size:
+            sums = self._work.sums = np.empty(size, dtype=np.int32)
+        return sums
+
     def _scratch(self, role: str, shape: tuple[int, ...], slack: int = 0) -> np.ndarray:
         """A per-thread uint8 buffer filled with the zero point once (its borders never change), with
         ``slack`` more bytes past its end (AMX tiles read past the last pixel)."""
@@ -303,9 +314,11 @@ class NativeConv:
         pointer = ctypes.byref
         extra = None if residual is None else pointer(residual.bind(out))
         if fast_depthwise:
+            sums = self._sums(out_shape[2] * self.out_channels)  # one output row's int32 sums
             status = lib.qc_depthwise_fast(
-                self.variant, source.ctypes.data, self.zero_row.ctypes.data, self.lane_weights.ctypes.data,
-                pointer(geometry), pointer(epilogue), extra, out.ctypes.data, counts.ctypes.data,
+                self.variant, source.ctypes.data, self.zero_row.ctypes.data,
+                self.lane_weights.ctypes.data, pointer(geometry), pointer(epilogue), extra, out.ctypes.data,
+                counts.ctypes.data, sums.ctypes.data,
             )  # fmt: skip
         elif self.depthwise and residual is None:
             status = lib.qc_depthwise(  # the portable loops: taps outside the input skipped, any rule
@@ -313,10 +326,8 @@ class NativeConv:
                 pointer(epilogue), out.ctypes.data, counts.ctypes.data,
             )  # fmt: skip
         elif not self.depthwise:
-            scratch = self._work.__dict__.get("sums")
-            size = TILE_PIXELS * (self.out_channels + round_up(self.padded_channels, LANE) // LANE)
-            if scratch is None or scratch.size < size:  # int32 sums of a pixel group, then its flipped bytes
-                scratch = self._work.sums = np.empty(size, dtype=np.int32)
+            # int32 sums of a pixel group, then its flipped bytes
+            scratch = self._sums(TILE_PIXELS * (self.out_channels + round_up(self.padded_channels, LANE) // LANE))
             status = lib.qc_dense(
                 self.variant, source.ctypes.data, self.weights.ctypes.data, pointer(geometry), pointer(epilogue),
                 extra, out.ctypes.data, counts.ctypes.data, scratch.ctypes.data,

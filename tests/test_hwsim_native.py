@@ -165,8 +165,9 @@ def check_native_conv(layer, rule, out_type, seed, data, layout: str, int8_in_pl
             native.pad_pixels = pad_pixels
             out = np.empty(expected.shape, dtype=out_type)
             counts = native.requantize_into(stored, form, int_form, out)
-            np.testing.assert_array_equal(out, expected.astype(out_type), err_msg=f"variant {variant} {pad_pixels}")
-            assert counts == (saturations, overflows if check_overflow else 0), f"variant {variant} {pad_pixels}"
+            where = f"variant {variant}, pad_pixels {pad_pixels}"
+            np.testing.assert_array_equal(out, expected.astype(out_type), err_msg=where)
+            assert counts == (saturations, overflows if check_overflow else 0), where
 
 
 @needs_library

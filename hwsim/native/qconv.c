@@ -471,6 +471,26 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_flat512(
     }
 }
 
+/* qc_flat512 with the kernel's flags: the common cases with constant flags (their loops have no branches). */
+QC_AVX512 static void qc_flat_any512(const qc_ctx512 *x, qc_tally512 *t1, qc_tally512 *t2, const int32_t *acc,
+                                     int64_t count, int64_t at, void *out) {
+#define QC_FLAT(RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)                                                      \
+    qc_flat512(x, t1, t2, acc, count, at, out, RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)
+    const qc_stage512 *f = &x->first;
+    const int plain = !f->check_overflow && x->out_kind <= 1;
+    if (x->residual && x->out_kind <= 1)
+        QC_FLAT(1, 0, 0, 0, 0);
+    else if (x->residual)
+        QC_FLAT(1, 0, 0, 0, x->out_kind);
+    else if (plain && !f->low_counts)
+        f->checked ? QC_FLAT(0, 1, 0, 0, 0) : QC_FLAT(0, 0, 0, 0, 0);
+    else if (plain)
+        f->checked ? QC_FLAT(0, 1, 1, 0, 0) : QC_FLAT(0, 0, 1, 0, 0);
+    else
+        QC_FLAT(0, f->checked, f->low_counts, f->check_overflow, x->out_kind);
+#undef QC_FLAT
+}
+
 typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const qc_geometry *, int32_t *, int64_t,
                            __mmask16);
 static const qc_tile_fn qc_tiles512[2][2][QC_MAX_B] = { /* [flip][8 pixels][blocks - 1] */
@@ -513,57 +533,44 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
                                                                   O, m);
                 }
                 const int64_t at = ((n * g->oh + oy) * g->ow + ox) * O, count = P * O;
-                /* the common cases with constant flags (their loops then have no branches) */
-#define QC_FLAT(RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)                                                      \
-    qc_flat512(&ctx, &t1, &t2, acc, count, at, out, RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)
-                const qc_stage512 *f = &ctx.first;
-                const int plain = !f->check_overflow && ctx.out_kind <= 1;
-                if (ctx.residual && ctx.out_kind <= 1)
-                    QC_FLAT(1, 0, 0, 0, 0);
-                else if (ctx.residual)
-                    QC_FLAT(1, 0, 0, 0, ctx.out_kind);
-                else if (plain && !f->low_counts)
-                    f->checked ? QC_FLAT(0, 1, 0, 0, 0) : QC_FLAT(0, 0, 0, 0, 0);
-                else if (plain)
-                    f->checked ? QC_FLAT(0, 1, 1, 0, 0) : QC_FLAT(0, 0, 1, 0, 0);
-                else
-                    QC_FLAT(0, f->checked, f->low_counts, f->check_overflow, ctx.out_kind);
-#undef QC_FLAT
+                qc_flat_any512(&ctx, &t1, &t2, acc, count, at, out);
                 ox += P;
             }
     qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
 
-/* P output pixels of one row (`pix`: tap (0, 0) of the first; `step` bytes apart), 16 channels:
- * independent vpdpwssd chains (one chain would wait on its latency), the taps' weights in registers.
- * TAPS: a constant for 3 x 3, else the layer's count. */
-#define QC_DW_PIXELS(P, TAPS, RESIDUAL)                                                                               \
+/* P output pixels of one row (`pix`: tap (0, 0) of the first; `step` bytes apart), 16 channels (mask m):
+ * independent vpdpwssd chains (one chain would wait on its latency), the taps' weights in registers; the
+ * int32 sums go to sums[ox + p][c0..]. TAPS: a constant for 3 x 3, else the layer's count. */
+#define QC_DW_SUMS(P, TAPS, FULL)                                                                             \
     do {                                                                                                      \
         __m512i sum[P];                                                                                       \
-        for (int p = 0; p < P; p++) sum[p] = _mm512_setzero_si512();                                          \
-        for (int64_t t = 0; t < (TAPS); t++)                                                                  \
-            for (int p = 0; p < P; p++)                                                                       \
-                sum[p] = _mm512_dpwssd_epi32(                                                                 \
-                    sum[p], _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, pix + p * step + offsets[t])), wv[t]); \
-        for (int p = 0; p < P; p++)                                                                           \
-            qc_emit512(&ctx, &t1, &t2, _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum[p], correction)), bias), c0, m, \
-                       at + p * C, out, RESIDUAL, ctx.first.checked, ctx.first.low_counts,                      \
-                       ctx.first.check_overflow, ctx.out_kind);                                               \
+        _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) sum[p] = _mm512_setzero_si512();                  \
+        _Pragma("GCC unroll 9") for (int64_t t = 0; t < (TAPS); t++)                                          \
+            _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                                               \
+                sum[p] = _mm512_dpwssd_epi32(sum[p], _mm512_cvtepu8_epi32(QC_DW_LOAD(pix + p * step + offsets[t], FULL)), \
+                                             wv[t]);                                                          \
+        _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                                                   \
+            _mm512_mask_storeu_epi32(sums + (ox + p) * C + c0, m, sum[p]);                                    \
     } while (0)
+/* 16 activation bytes: a whole block of channels unmasked (the load folds into its use), else masked */
+#define QC_DW_LOAD(A, FULL) ((FULL) ? _mm_loadu_si128((const __m128i *)(A)) : _mm_maskz_loadu_epi8(m, (A)))
 
 /* Depthwise, channels-last, the input unpadded: a tap outside it reads `zero_row` (C bytes at the zero
  * point), so every output sums all its taps and the correction is zero point * sum(w), as for dense
  * layers. Per 16 channels the taps' weights stay in registers; each tap is one vpdpwssd of the
  * zero-extended activations with the weights in the low int16 half of each lane (the high half 0, so
- * the lane's product is exactly x * w). Interior pixels run 4 at a time (independent chains). */
+ * the lane's product is exactly x * w). Interior pixels run 4 at a time (independent chains). An output
+ * row's sums go to `sums` (int32[ow * C]), then one flat epilogue pass requantizes the row: the sum
+ * loops then hold no call or branch of the epilogue, and keep their registers. */
 QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
                                           const qc_geometry *g, const qc_epilogue *e, const qc_residual *r, void *out,
-                                          int64_t *counts) {
+                                          int64_t *counts, int32_t *sums) {
     /* locals: stores through `out` (a char type) could alias *g */
     const int64_t C = g->o, kh = g->kh, kw = g->kw, taps = kh * kw, n_count = g->n, oh = g->oh, ow = g->ow;
     const int64_t H = g->hp, W = g->wp, sh = g->sh, sw = g->sw, dh = g->dh, dw = g->dw;
     const int64_t top = g->pad_top, left = g->pad_left, step = sw * C;
-    const int three = kh == 3 && kw == 3, residual = r != NULL;
+    const int three = kh == 3 && kw == 3;
     qc_ctx512 ctx;
     qc_ctx_init(&ctx, e, r);
     qc_tally512 t1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, t2 = t1;
@@ -577,30 +584,27 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
     if (x_lo > x_hi) x_lo = x_hi;
     __m512i wv[QC_DW_TAPS];
     const uint8_t *tap[QC_DW_TAPS];
-    for (int64_t c0 = 0; c0 < C; c0 += 16) {
-        const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
-        for (int64_t t = 0; t < taps; t++) wv[t] = _mm512_maskz_loadu_epi32(m, w + t * C + c0);
-        const __m512i correction = _mm512_maskz_loadu_epi32(m, e->correction + c0);
-        const __m512 bias = _mm512_maskz_loadu_ps(m, e->bias_f + c0);
-        for (int64_t n = 0; n < n_count; n++)
-            for (int64_t oy = 0; oy < oh; oy++) {
-                const int64_t y0 = oy * sh - top;
-                const int rows_inside = y0 >= 0 && y0 + (kh - 1) * dh < H;
+    for (int64_t n = 0; n < n_count; n++)
+        for (int64_t oy = 0; oy < oh; oy++) {
+            const int64_t y0 = oy * sh - top;
+            const int rows_inside = y0 >= 0 && y0 + (kh - 1) * dh < H;
+            /* each block of 16 channels in turn: the row's input rows stay in L1 across blocks */
+            for (int64_t c0 = 0; c0 < C; c0 += 16) {
+                const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+                for (int64_t t = 0; t < taps; t++) wv[t] = _mm512_maskz_loadu_epi32(m, w + t * C + c0);
                 const uint8_t *row = x + ((n * H + y0) * W - left) * C + c0; /* tap (0, 0) of output column 0 */
-                const int64_t row_at = ((n * oh + oy) * ow) * C + c0;
                 for (int64_t ox = 0; ox < ow;) {
-                    const int64_t at = row_at + ox * C;
                     const uint8_t *pix = row + ox * step;
                     if (rows_inside && ox >= x_lo && ox + 4 <= x_hi) {
-                        if (three && !residual)
-                            QC_DW_PIXELS(4, 9, 0);
+                        if (three && m == 0xffff)
+                            QC_DW_SUMS(4, 9, 1);
                         else if (three)
-                            QC_DW_PIXELS(4, 9, 1);
+                            QC_DW_SUMS(4, 9, 0);
                         else
-                            QC_DW_PIXELS(4, taps, residual);
+                            QC_DW_SUMS(4, taps, 0);
                         ox += 4;
                     } else if (rows_inside && ox >= x_lo && ox < x_hi) {
-                        QC_DW_PIXELS(1, taps, residual);
+                        QC_DW_SUMS(1, taps, 0);
                         ox += 1;
                     } else { /* a border pixel: each tap's own pointer */
                         for (int64_t u = 0; u < kh; u++)
@@ -614,14 +618,18 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
                         for (int64_t t = 0; t < taps; t++)
                             sum = _mm512_dpwssd_epi32(sum, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, tap[t])),
                                                       wv[t]);
-                        qc_emit512(&ctx, &t1, &t2, _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum, correction)), bias),
-                                   c0, m, at, out, residual, ctx.first.checked, ctx.first.low_counts,
-                                   ctx.first.check_overflow, ctx.out_kind);
+                        _mm512_mask_storeu_epi32(sums + ox * C + c0, m, sum);
                         ox += 1;
                     }
                 }
             }
-    }
+            /* the row's epilogue, QC_MAX_P pixels at a time (the epilogue's arrays span that many) */
+            const int64_t row_at = (n * oh + oy) * ow * C;
+            for (int64_t px = 0; px < ow; px += QC_MAX_P) {
+                const int64_t count = (ow - px < QC_MAX_P ? ow - px : QC_MAX_P) * C;
+                qc_flat_any512(&ctx, &t1, &t2, sums + px * C, count, row_at + px * C, out);
+            }
+        }
     qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
 
@@ -792,19 +800,19 @@ int64_t qc_depthwise(int64_t variant, const uint8_t *x, int64_t zero_u8, const i
 }
 
 /* Depthwise, unpadded input; zero_row: C bytes at the zero point (what taps outside read); weights
- * [kh * kw][C] as int32 lanes holding (uint16) w; the correction: zero point * sum(w). AVX-512 VNNI only,
- * float32 rules, kh * kw <= 25. */
+ * [kh * kw][C] as int32 lanes holding (uint16) w; the correction: zero point * sum(w); sums: int32[ow * C]
+ * scratch. AVX-512 VNNI only, float32 rules, kh * kw <= 25. */
 int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
                           const qc_geometry *g, const qc_epilogue *e, const qc_residual *r, void *out,
-                          int64_t *counts) {
+                          int64_t *counts, int32_t *sums) {
     if (e->rule == 0 || g->kh * g->kw > QC_DW_TAPS || (r != NULL && r->add->rule == 0)) return -2;
 #ifdef QC_HAVE_X86
     if (variant == 2 && (qc_variants() & 2)) {
-        qc_depthwise_avx512(x, zero_row, w, g, e, r, out, counts);
+        qc_depthwise_avx512(x, zero_row, w, g, e, r, out, counts, sums);
         return 0;
     }
 #endif
-    (void)variant, (void)x, (void)zero_row, (void)w, (void)g, (void)out, (void)counts;
+    (void)variant, (void)x, (void)zero_row, (void)w, (void)g, (void)out, (void)counts, (void)sums;
     return -1;
 }
 
