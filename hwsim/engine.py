@@ -26,7 +26,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from copy import copy
 from dataclasses import dataclass
 from functools import cache
 
@@ -44,7 +43,7 @@ from hwsim.channels_last import (
     exact_requant,
     int_requant,
 )
-from hwsim.counters import LayerCounts, layer_counts
+from hwsim.counters import LayerCounts, fresh_counts, layer_counts
 from hwsim.exact import float_type
 from hwsim.float_conv import FloatConv, plan_float_conv
 from hwsim.float_requant import run_float_form
@@ -624,7 +623,7 @@ class Engine:
         """
         set_threads(self.threads)
         batch = len(next(iter(feeds.values())))
-        counts = [copy(layer) for layer in self._static_counts(batch)]
+        counts = fresh_counts(self._static_counts(batch))
         values: dict[str, np.ndarray] = {}
         for name in self.graph.inputs:
             feed = np.asarray(feeds[name], dtype=np.int64)
@@ -663,7 +662,7 @@ class Engine:
         torch.set_num_threads(1)  # this thread's OpenMP team size (oneDNN's), not only the global setting
         set_threads(1)
         self._local.workers = 1  # no nested batch splitting inside a slice
-        counts = [copy(layer) for layer in self._static_counts(part.stop - part.start)]
+        counts = fresh_counts(self._static_counts(part.stop - part.start))
         try:
             return self._run_nodes({name: value[part] for name, value in values.items()}, counts)
         finally:

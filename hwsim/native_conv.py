@@ -186,6 +186,7 @@ class NativeConv:
     lane_weights: np.ndarray = field(init=False)  # depthwise: int32 lanes holding (uint16) w, for vpdpwssd
     _epilogues: dict = field(default_factory=dict)  # (id(form), id(int_form), out type) -> EpilogueArgs
     _work: threading.local = field(default_factory=threading.local)  # per thread: the padded input
+    _addresses: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.zero_row = np.full(self.channels, self.zero_point, dtype=np.uint8)
@@ -194,6 +195,8 @@ class NativeConv:
             # the outputs are as many as the inputs (stride 1); a strided layer's copy costs more than it saves
             self.pad_pixels = 2**62 if self.stride == (1, 1) else DEPTHWISE_PAD_PIXELS
         self.lane_weights = self.weights.astype(np.int32) & 0xFFFF if self.depthwise else self.zero_row[:0]
+        # the constant arrays' addresses, taken once (ndarray.ctypes.data costs ~1 us a call)
+        self._addresses = {name: getattr(self, name).ctypes.data for name in ("weights", "zero_row", "lane_weights")}
 
     @property
     def pointwise(self) -> bool:
@@ -266,12 +269,14 @@ class NativeConv:
             )  # fmt: skip
         return padded, shape[1], shape[2], 0
 
-    def _sums(self, size: int) -> np.ndarray:
-        """A per-thread int32 work array of at least ``size`` elements (the kernels' sums before requantizing)."""
+    def _sums(self, size: int) -> int:
+        """The address of a per-thread int32 work array of at least ``size`` elements (the kernels' sums
+        before requantizing)."""
         sums = self._work.__dict__.get("sums")
         if sums is None or sums.size < size:
             sums = self._work.sums = np.empty(size, dtype=np.int32)
-        return sums
+            self._work.sums_at = sums.ctypes.data
+        return self._work.sums_at
 
     def _scratch(self, role: str, shape: tuple[int, ...], slack: int = 0) -> np.ndarray:
         """A per-thread uint8 buffer filled with the zero point once (its borders never change), with
@@ -307,30 +312,32 @@ class NativeConv:
         geometry, out_shape = self._geometry(x.shape, height, width, flip, padded)
         if out.shape != out_shape or not out.flags.c_contiguous:
             raise ValueError(f"native convolution: output {out.shape} does not match the layer")
-        counts = self._work.__dict__.get("counts")
+        work = self._work.__dict__
+        counts = work.get("counts")
         if counts is None:
             counts = self._work.counts = np.zeros(4, dtype=np.int64)
+            self._work.counts_at = counts.ctypes.data
         counts[:] = 0
+        counts_at, addresses = work["counts_at"], self._addresses
         pointer = ctypes.byref
         extra = None if residual is None else pointer(residual.bind(out))
         if fast_depthwise:
             sums = self._sums(out_shape[2] * self.out_channels)  # one output row's int32 sums
             status = lib.qc_depthwise_fast(
-                self.variant, source.ctypes.data, self.zero_row.ctypes.data,
-                self.lane_weights.ctypes.data, pointer(geometry), pointer(epilogue), extra, out.ctypes.data,
-                counts.ctypes.data, sums.ctypes.data,
+                self.variant, source.ctypes.data, addresses["zero_row"], addresses["lane_weights"],
+                pointer(geometry), pointer(epilogue), extra, out.ctypes.data, counts_at, sums,
             )  # fmt: skip
         elif self.depthwise and residual is None:
             status = lib.qc_depthwise(  # the portable loops: taps outside the input skipped, any rule
-                PORTABLE, source.ctypes.data, self.zero_point, self.weights.ctypes.data, pointer(geometry),
-                pointer(epilogue), out.ctypes.data, counts.ctypes.data,
+                PORTABLE, source.ctypes.data, self.zero_point, addresses["weights"], pointer(geometry),
+                pointer(epilogue), out.ctypes.data, counts_at,
             )  # fmt: skip
         elif not self.depthwise:
             # int32 sums of a pixel group, then its flipped bytes
             scratch = self._sums(TILE_PIXELS * (self.out_channels + round_up(self.padded_channels, LANE) // LANE))
             status = lib.qc_dense(
-                self.variant, source.ctypes.data, self.weights.ctypes.data, pointer(geometry), pointer(epilogue),
-                extra, out.ctypes.data, counts.ctypes.data, scratch.ctypes.data,
+                self.variant, source.ctypes.data, addresses["weights"], pointer(geometry), pointer(epilogue),
+                extra, out.ctypes.data, counts_at, scratch,
             )  # fmt: skip
         else:
             status = -2
