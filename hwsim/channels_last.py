@@ -358,15 +358,18 @@ class NativeResidualStep:
     residual: ResidualAdd
 
     @classmethod
-    def of(cls, conv: ChannelsLastStep, add: ChannelsLastStep, other: str, conv_side: int) -> NativeResidualStep | None:
-        """None unless the add's requantize is a float32 form."""
+    def of(
+        cls, conv: ChannelsLastStep, add: ChannelsLastStep, other: str, conv_side: int, bound: int
+    ) -> NativeResidualStep | None:
+        """None unless the kernels run the add's requantize (``ResidualAdd.of``; ``bound``: the add's
+        largest |sum|)."""
         lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier = add.alignment
         if conv_side == 0:
             alignment = (lhs_zero, rhs_zero, lhs_multiplier, rhs_multiplier)
         else:
             alignment = (rhs_zero, lhs_zero, rhs_multiplier, lhs_multiplier)
         channels = add.spatial_channels[-1]
-        residual = ResidualAdd.of(add.form, add.integer_form(), add.out_type, channels, alignment)
+        residual = ResidualAdd.of(add.form, add.integer_form(), add.out_type, channels, alignment, bound)
         return None if residual is None else cls(conv, add, other, residual)
 
     def __call__(self, x: np.ndarray, other_rows: np.ndarray, out: np.ndarray) -> tuple[int, int, int, int]:

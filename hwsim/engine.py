@@ -240,8 +240,10 @@ class Engine:
             other = add.inputs[1 - side]
             if other in producer and order[producer[other]] > order[name]:
                 continue  # not computed yet when the convolution runs
-            fuse = NativeResidualStep.of if conv_step.native is not None else ResidualStep.of
-            step = fuse(conv_step, add_step, other, side)
+            if conv_step.native is not None:
+                step = NativeResidualStep.of(conv_step, add_step, other, side, self._add_bound(add))
+            else:
+                step = ResidualStep.of(conv_step, add_step, other, side)
             if step is not None:
                 steps[name] = (step, requant_node, add, self.fused[add.name])
         return steps

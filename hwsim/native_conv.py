@@ -373,18 +373,21 @@ class NativeConv:
 class ResidualAdd:
     """The residual add a native convolution's requantized output feeds, with the add's requantize: the
     kernel computes (own - own zero) * own multiplier + (other - other zero) * other multiplier in int32
-    (the add form's bound keeps it below 2**24) and requantizes that, so the convolution's result is
-    never stored."""
+    and requantizes that, so the convolution's result is never stored. The add's requantize: its float32
+    form (which keeps the sum below 2**24), else the IR's integer rule in int64 lanes."""
 
-    args: EpilogueArgs  # the add's requantize (float32 rule)
+    args: EpilogueArgs  # the add's requantize
     alignment: tuple[int, int, int, int]  # own zero point, other's, own multiplier, other's
     other: np.ndarray | None = None  # flat channels-last rows of the other operand, set by ``with_other``
 
     @classmethod
-    def of(cls, add_form, add_int_form, out_dtype, channels: int, alignment) -> ResidualAdd | None:
-        """None unless the add's requantize is a float32 form (``native_fits``)."""
+    def of(cls, add_form, add_int_form, out_dtype, channels: int, alignment, bound: int) -> ResidualAdd | None:
+        """None unless the add's requantize has a float32 form (``native_fits``), or an int64 form and the
+        add's largest |sum| (``bound``) fits int32."""
         if not native_fits(add_form, add_int_form):
-            return None
+            if add_int_form is None or bound >= 2**31:
+                return None
+            add_form = add_int_form  # the kernels' int64 rule
         args = EpilogueArgs.of(add_form, add_int_form, np.dtype(out_dtype), np.zeros(channels, np.int64))
         return cls(args, tuple(int(value) for value in alignment))
 

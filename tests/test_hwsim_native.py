@@ -75,9 +75,12 @@ def layers(draw, int8_in_place: bool = False):
     return weight, x, (x_min, x_max), zero_point, geometry
 
 
-def requant_form(draw, rule: str, centred: np.ndarray, bound: int, channels: int, rng, with_bias: bool = True):
+def requant_form(
+    draw, rule: str, centred: np.ndarray, bound: int, channels: int, rng, with_bias: bool = True, ties: bool = False
+):
     """A requantize form of ``rule`` for sums of magnitude <= bound (plus a random bias unless ``with_bias``
-    is False: an add's), or None where that rule does not apply."""
+    is False: an add's), or None where that rule does not apply. ``ties`` (int rule): shifts of 1-4, so
+    many products end in an exact half, where rounding half to even shows."""
     zero_point = draw(st.integers(-100, 100))
     clip_min = draw(st.integers(-300, 100))
     clips = (clip_min, draw(st.integers(clip_min, 300)))
@@ -93,6 +96,8 @@ def requant_form(draw, rule: str, centred: np.ndarray, bound: int, channels: int
         return form, None, (multiplier, shift, bias, zero_point, clips, acc_limits)
     if rule == "checked" and centred.size and draw(st.booleans()):
         multiplier, shift = near_tie_scales(centred.reshape(-1, channels)[0] + bias, rng)
+    elif rule == "int" and ties:
+        multiplier, shift = rng.integers(1, 8, channels), rng.integers(1, 5, channels)
     else:
         multiplier = rng.integers(2**29, 2**31, channels) * rng.choice([-1, 1], channels)
         shift = np.clip(np.ceil(np.log2(np.abs(multiplier) * bound + 1)).astype(np.int64) - 8, 1, 62)
@@ -174,11 +179,13 @@ def check_native_conv(layer, rule, out_type, seed, data, layout: str, int8_in_pl
 @needs_onednn
 @pytest.mark.skipif(not native_conv.available(), reason="the fused residual runs only on the AVX-512 VNNI kernels")
 @SETTINGS
-@given(layer=layers(), rules=st.tuples(st.sampled_from(["float", "checked"]), st.sampled_from(["float", "checked"])),
+@given(layer=layers(),
+       rules=st.tuples(st.sampled_from(["float", "checked"]), st.sampled_from(["float", "checked", "int"])),
        other_type=st.sampled_from([np.uint8, np.int8, np.int16]), out_type=st.sampled_from(OUT_TYPES),
        seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
 def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_type, seed, data) -> None:
-    """Convolution, requantize, residual add with another tensor, the add's requantize: one kernel."""
+    """Convolution, requantize, residual add with another tensor, the add's requantize (float32, checked
+    float32, or the int64 rule with multipliers up to 2**16, as LSQ's free scales align adds): one kernel."""
     weight, x, _, _, _ = layer
     conv, form, int_form, (own, saturations, overflows), clips = requantized_layer(layer, rules[0], seed, data)
     out_channels = weight.shape[0]
@@ -187,12 +194,15 @@ def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_t
     other = rng.integers(info.min, int(info.max) + 1, own.shape).astype(other_type)
     other_zero = data.draw(st.integers(int(info.min), int(info.max)))
     own_zero = data.draw(st.integers(-20, 20))
-    multipliers = (data.draw(st.integers(-(2**9), 2**9)), data.draw(st.integers(-(2**9), 2**9)))
+    ties = rules[1] == "int" and data.draw(st.booleans())  # small sums and shifts: exact halves, few clips
+    largest = 3 if ties else 2**16 if rules[1] == "int" else 2**9
+    multipliers = (data.draw(st.integers(-largest, largest)), data.draw(st.integers(-largest, largest)))
     total = (own - own_zero) * multipliers[0] + (other.astype(np.int64) - other_zero) * multipliers[1]
     own_range = max(abs(clips[0] - own_zero), abs(clips[1] - own_zero))
     other_range = max(abs(int(info.min) - other_zero), abs(int(info.max) - other_zero))
     add_bound = own_range * abs(multipliers[0]) + other_range * abs(multipliers[1])
-    made = requant_form(data.draw, rules[1], total, add_bound, out_channels, rng, with_bias=False)
+    assume(add_bound < 2**31)  # the kernels sum the add in int32
+    made = requant_form(data.draw, rules[1], total, add_bound, out_channels, rng, with_bias=False, ties=ties)
     assume(made is not None)
     add_form, add_int_form, (add_multiplier, add_shift, _, add_zero, add_clips, add_limits) = made
     add_bits = int(np.log2(add_limits[1] + 1)) + 1
@@ -200,7 +210,7 @@ def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_t
         total, add_multiplier, add_shift, add_zero, add_clips, add_bits
     )
     alignment = (own_zero, other_zero, *multipliers)
-    residual = native_conv.ResidualAdd.of(add_form, add_int_form, out_type, out_channels, alignment)
+    residual = native_conv.ResidualAdd.of(add_form, add_int_form, out_type, out_channels, alignment, add_bound)
     assert residual is not None
     for variant in (v for v in (AVX512, AMX) if native_conv.variants() & v):
         native = plan_native_conv(conv, variant, KINDS)

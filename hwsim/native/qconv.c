@@ -11,7 +11,8 @@
  * Epilogues (qc_epilogue.rule): 1, float32 proven exact: v = sum + bias, p = v * scale, round half to
  * even, + zero point, clip; 2, the same with the scale rounded to float32, and every lane whose p lies
  * within the error bound of a half redone with the integer rule; 0, the IR's integer rule in int64
- * (portable kernels only): q = ((v*m + 2**(s-1) - 1 + ((v*m >> s) & 1)) >> s) + zero point, clipped.
+ * (portable kernels, and a fused residual add's in the vector ones): q = ((v*m + 2**(s-1) - 1 +
+ * ((v*m >> s) & 1)) >> s) + zero point, clipped.
  * All count saturations (above clip max; below clip min when low_counts) and accumulator overflows (v
  * outside [acc_min, acc_max], when check_overflow) as hwsim.kernels.requant / requant_checked /
  * requant_int do; optionally the residual add the output feeds runs too, with its own requantize.
@@ -267,9 +268,9 @@ QC_AVX512 __attribute__((noinline)) static __m512i qc_redo_near(const qc_epilogu
 /* One requantize stage (a float32 rule): its constants, loaded once per kernel call, and its counters. */
 typedef struct {
     const qc_epilogue *e;
-    __m512i zero, low, high;
+    __m512i zero, low, high, acc_low32, acc_high32;
     __m512 half, acc_low, acc_high, error, magnitude;
-    int checked, low_counts, check_overflow;
+    int checked, low_counts, check_overflow, int_rule;
 } qc_stage512;
 
 /* One stage's counters, kept apart from the constants: a kernel holds them in local variables (registers;
@@ -300,6 +301,9 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_stage_init(qc_sta
     s->error = _mm512_set1_ps(e->error);
     s->magnitude = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     s->checked = e->rule == 2;
+    s->int_rule = e->rule == 0; /* a residual add's requantize only (qc_round_int512) */
+    s->acc_low32 = _mm512_set1_epi32((int32_t)(e->acc_min < INT32_MIN ? INT32_MIN : e->acc_min));
+    s->acc_high32 = _mm512_set1_epi32((int32_t)(e->acc_max > INT32_MAX ? INT32_MAX : e->acc_max));
     s->low_counts = (int)e->low_counts;
     s->check_overflow = (int)e->check_overflow;
 }
@@ -367,6 +371,37 @@ QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(const
     return q;
 }
 
+/* The IR's integer rule on 16 int32 sums v (mask m) of channels c.. (a residual add's, below 2**31 by
+ * its bound), as qc_rule_int: v + bias, times the multiplier in int64, rounded half to even by the
+ * shift, + zero point, saturated to int32 (the clip limits lie inside it), then clip and count. */
+QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round_int512(const qc_stage512 *s, qc_tally512 *t,
+                                                                               __m512i v, int64_t c, __mmask16 m) {
+    const qc_epilogue *e = s->e;
+    if (s->check_overflow) {
+        const __mmask16 outside = _mm512_mask_cmplt_epi32_mask(m, v, s->acc_low32) |
+                                  _mm512_mask_cmpgt_epi32_mask(m, v, s->acc_high32);
+        t->overflowed = _mm512_mask_add_epi32(t->overflowed, outside, t->overflowed, _mm512_set1_epi32(1));
+    }
+    const __m512i one = _mm512_set1_epi64(1), zero = _mm512_set1_epi64(e->zero_point);
+    __m256i halves[2];
+    for (int h = 0; h < 2; h++) {
+        const __mmask8 mh = (__mmask8)(m >> (8 * h));
+        const __m512i wide = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v));
+        const __m512i value = _mm512_add_epi64(wide, _mm512_maskz_loadu_epi64(mh, e->bias + c + 8 * h));
+        const __m512i shift = _mm512_maskz_loadu_epi64(mh, e->shift + c + 8 * h);
+        const __m512i p = _mm512_mullo_epi64(value, _mm512_maskz_loadu_epi64(mh, e->multiplier + c + 8 * h));
+        const __m512i up = _mm512_add_epi64(_mm512_maskz_loadu_epi64(mh, e->up + c + 8 * h),
+                                            _mm512_and_si512(_mm512_srav_epi64(p, shift), one));
+        halves[h] = _mm512_cvtsepi64_epi32(_mm512_add_epi64(_mm512_srav_epi64(_mm512_add_epi64(p, up), shift), zero));
+    }
+    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1);
+    const __m512i ones = _mm512_set1_epi32(1);
+    t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmpgt_epi32_mask(m, q, s->high), t->saturated, ones);
+    if (s->low_counts)
+        t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmplt_epi32_mask(m, q, s->low), t->saturated, ones);
+    return _mm512_max_epi32(_mm512_min_epi32(q, s->high), s->low);
+}
+
 /* 16 integers (mask m) of type `kind` at base[at..] as int32 lanes. */
 QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_load512(const void *base, int64_t at, int64_t kind,
                                                                           __mmask16 m) {
@@ -394,8 +429,8 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_store512(__m512i 
 }
 
 /* The epilogue of 16 values v of channels c.. whose output goes to out[at..]. The residual's sum
- * (own - own zero) * own multiplier + (other - other zero) * other multiplier is an integer below 2**24
- * (the add form's bound), so int32 and its float32 conversion are exact. */
+ * (own - own zero) * own multiplier + (other - other zero) * other multiplier is an integer in int32 (the
+ * caller's bound); with a float32 rule below 2**24 (that form's bound), so its conversion is exact. */
 QC_AVX512 __attribute__((always_inline)) static inline void qc_emit512(const qc_ctx512 *x, qc_tally512 *t1,
                                                                        qc_tally512 *t2, __m512 v, int64_t c,
                                                                        __mmask16 m, int64_t at, void *out,
@@ -410,10 +445,13 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_emit512(const qc_
         const __m512i total =
             _mm512_add_epi32(_mm512_mullo_epi32(_mm512_sub_epi32(q, x->own_zero), x->own_multiplier),
                              _mm512_mullo_epi32(_mm512_sub_epi32(other, x->other_zero), x->other_multiplier));
-        const __m512 value =
-            _mm512_add_ps(_mm512_cvtepi32_ps(total), _mm512_maskz_loadu_ps(m, x->second.e->bias_f + c));
         const qc_stage512 *s2 = &x->second;
-        q = qc_round512(s2, t2, value, c, m, s2->checked, s2->low_counts, s2->check_overflow);
+        if (s2->int_rule) {
+            q = qc_round_int512(s2, t2, total, c, m);
+        } else {
+            const __m512 value = _mm512_add_ps(_mm512_cvtepi32_ps(total), _mm512_maskz_loadu_ps(m, s2->e->bias_f + c));
+            q = qc_round512(s2, t2, value, c, m, s2->checked, s2->low_counts, s2->check_overflow);
+        }
     }
     qc_store512(q, m, out, at, out_kind);
 }
@@ -761,13 +799,13 @@ int64_t qc_variants(void) {
 }
 
 /* Every entry point: variant 1 portable, 2 AVX-512 VNNI, 4 AMX (qc_dense only; weights in its layout); counts: int64[4] (the requantize's saturations and
- * overflows, then the residual add's); r: the residual add the output feeds, or NULL (AVX-512 only, float32
- * rules). Returns 0; -1: the variant does not run here; -2: the rule or geometry is not covered. */
+ * overflows, then the residual add's); r: the residual add the output feeds, or NULL (AVX-512 and AMX only,
+ * the kernel's rule float32, the add's any). Returns 0; -1: the variant does not run here; -2: the rule or geometry is not covered. */
 
 /* Dense, padded input; scratch: int32[QC_MAX_P * o] and QC_MAX_P * cp bytes. */
 int64_t qc_dense(int64_t variant, const uint8_t *x, const int8_t *w, const qc_geometry *g, const qc_epilogue *e,
                  const qc_residual *r, void *out, int64_t *counts, int32_t *scratch) {
-    if (r != NULL && (variant == 1 || e->rule == 0 || r->add->rule == 0)) return -2;
+    if (r != NULL && (variant == 1 || e->rule == 0)) return -2; /* the add's rule: any (vector kernels) */
     if (variant == 1) {
         qc_dense_portable(x, w, g, e, out, counts, scratch);
         return 0;
@@ -805,7 +843,7 @@ int64_t qc_depthwise(int64_t variant, const uint8_t *x, int64_t zero_u8, const i
 int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
                           const qc_geometry *g, const qc_epilogue *e, const qc_residual *r, void *out,
                           int64_t *counts, int32_t *sums) {
-    if (e->rule == 0 || g->kh * g->kw > QC_DW_TAPS || (r != NULL && r->add->rule == 0)) return -2;
+    if (e->rule == 0 || g->kh * g->kw > QC_DW_TAPS) return -2;
 #ifdef QC_HAVE_X86
     if (variant == 2 && (qc_variants() & 2)) {
         qc_depthwise_avx512(x, zero_row, w, g, e, r, out, counts, sums);
