@@ -22,6 +22,7 @@
 #define _GNU_SOURCE /* syscall() for AMX's permission request */
 #include <stdint.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
@@ -269,7 +270,7 @@ QC_AVX512 __attribute__((noinline)) static __m512i qc_redo_near(const qc_epilogu
 typedef struct {
     const qc_epilogue *e;
     __m512i zero, low, high, acc_low32, acc_high32;
-    __m512 half, acc_low, acc_high, error, magnitude;
+    __m512 half, acc_low, acc_high, near_half, magnitude;
     int checked, low_counts, check_overflow, int_rule;
 } qc_stage512;
 
@@ -298,7 +299,13 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_stage_init(qc_sta
     s->half = _mm512_set1_ps(0.5f);
     s->acc_low = _mm512_set1_ps((float)e->acc_min);
     s->acc_high = _mm512_set1_ps((float)e->acc_max);
-    s->error = _mm512_set1_ps(e->error);
+    /* the checked rule's reach: where |p| <= B (B - 2: the widest clip from the zero point), |p| * error <=
+     * B * error, so every lane the error could misround is redone; past B both roundings clip alike and
+     * count the same saturation. Rounded up, so the set only grows. */
+    const double reach = (double)(llabs(e->clip_min - e->zero_point) > llabs(e->clip_max - e->zero_point)
+                                      ? llabs(e->clip_min - e->zero_point)
+                                      : llabs(e->clip_max - e->zero_point)) + 2.0;
+    s->near_half = _mm512_set1_ps((float)(reach * (double)e->error * (1.0 + 0x1p-20)));
     s->magnitude = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     s->checked = e->rule == 2;
     s->int_rule = e->rule == 0; /* a residual add's requantize only (qc_round_int512) */
@@ -358,10 +365,10 @@ QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(const
         t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmplt_epi32_mask(m, q, s->low), t->saturated, one);
     q = _mm512_max_epi32(_mm512_min_epi32(q, s->high), s->low);
     if (checked) {
-        const __m512 below = _mm512_roundscale_ps(p, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        const __m512 distance = _mm512_and_ps(_mm512_sub_ps(_mm512_sub_ps(p, below), s->half), s->magnitude);
-        const __mmask16 near = _mm512_mask_cmp_ps_mask(
-            m, distance, _mm512_mul_ps(_mm512_and_ps(p, s->magnitude), s->error), _CMP_LE_OQ);
+        /* near a half: p + 0.5 within `near_half` of an integer (vreducps: x - rint(x), exact; p + 0.5 is
+         * exact where |p| < 2**22, and beyond the clip bound a misrounded lane clips the same) */
+        const __m512 offset = _mm512_reduce_ps(_mm512_add_ps(p, s->half), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __mmask16 near = _mm512_mask_cmp_ps_mask(m, _mm512_and_ps(offset, s->magnitude), s->near_half, _CMP_LE_OQ);
         if (near) { /* a local for the cold path's count: the stage's address must not escape (registers) */
             int64_t delta = 0;
             q = qc_redo_near(s->e, q, v, p, near, c, &delta);
