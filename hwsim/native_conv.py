@@ -243,7 +243,7 @@ class NativeConv:
         if padded and in_place and not any(self.padding) and self.padded_channels == channels:
             if x.dtype == np.uint8 and self.offset == 0:
                 return channels_last, height, width, 0
-            if x.dtype == np.int8 and self.offset == 128:
+            if x.dtype == np.int8 and self.offset == 128 and not self.depthwise:  # no flip in depthwise kernels
                 return channels_last.view(np.uint8), height, width, 1
         if not padded:
             if x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous:

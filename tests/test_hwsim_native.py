@@ -45,9 +45,9 @@ def test_library_is_built_from_the_current_source() -> None:
 @st.composite
 def layers(draw, int8_in_place: bool = False):
     """A dense, pointwise or depthwise layer: weights, input values of a <= 8-bit type, zero point, geometry.
-    ``int8_in_place``: a dense layer the kernels read straight from its int8 input (no padding, channels
-    a multiple of 4)."""
-    kind = draw(st.sampled_from(("pointwise", "dense") if int8_in_place else KINDS))
+    ``int8_in_place``: no padding, channels a multiple of 4, int8 input: what dense kernels read in place
+    (depthwise ones copy it to uint8)."""
+    kind = draw(st.sampled_from(KINDS))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     channels = 4 * draw(st.integers(1, 10)) if int8_in_place else draw(st.integers(1, 40))
     if kind == "pointwise":
@@ -144,7 +144,8 @@ def test_native_conv_equals_numpy_and_the_integer_rule(layer, rule, out_type, se
 @given(layer=layers(int8_in_place=True), rule=st.sampled_from(["float", "checked", "int"]),
        out_type=st.sampled_from(OUT_TYPES), seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
 def test_native_conv_reads_int8_inputs_in_place(layer, rule, out_type, seed, data) -> None:
-    """Dense layers without padding over int8 channels-last inputs: no copy, each byte read as v + 128."""
+    """Layers without padding over int8 channels-last inputs: dense ones read them without a copy, each
+    byte as v + 128; depthwise ones (read padded or not) convert them."""
     check_native_conv(layer, rule, out_type, seed, data, "channels-last", int8_in_place=True)
 
 
@@ -164,8 +165,9 @@ def check_native_conv(layer, rule, out_type, seed, data, layout: str, int8_in_pl
             continue
         if variant == AMX and rule == "int" and not native.depthwise:
             continue  # the engine hands the native kernels float32 forms only; AMX has no int64 epilogue
-        if int8_in_place:  # AMX reads a padded uint8 copy
-            assert native._input(stored, padded=True)[3] == (variant != AMX), f"variant {variant}"
+        if int8_in_place:  # AMX reads a padded uint8 copy; depthwise kernels a uint8 one
+            in_place = variant != AMX and not native.depthwise
+            assert native._input(stored, padded=True)[3] == in_place, f"variant {variant}"
         for pad_pixels in (0, 10**9) if native.depthwise else (0,):  # depthwise: unpadded and padded input
             native.pad_pixels = pad_pixels
             out = np.empty(expected.shape, dtype=out_type)
