@@ -463,6 +463,13 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_emit512(const qc_
     qc_store512(q, m, out, at, out_kind);
 }
 
+/* Add a call's counters into the kernel's. */
+QC_AVX512 __attribute__((always_inline)) static inline void qc_tally_add(qc_tally512 *total, const qc_tally512 *part) {
+    total->saturated = _mm512_add_epi32(total->saturated, part->saturated);
+    total->overflowed = _mm512_add_epi32(total->overflowed, part->overflowed);
+    total->corrections += part->corrections;
+}
+
 /* Requantize `pixels` rows of `width` int32 sums of channels c0.. (less the correction, plus bias), rows
  * acc_stride / out_stride apart. */
 QC_AVX512 __attribute__((always_inline)) static inline void qc_rows512(
@@ -482,14 +489,8 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_rows512(
             const __m512 v = _mm512_add_ps(_mm512_cvtepi32_ps(sums), _mm512_maskz_loadu_ps(m, bias + i));
             qc_emit512(x, &n1, &n2, v, c0 + i, m, at + i, out, residual, checked, low_counts, check_overflow, out_kind);
         }
-    t1->saturated = _mm512_add_epi32(t1->saturated, n1.saturated);
-    t1->overflowed = _mm512_add_epi32(t1->overflowed, n1.overflowed);
-    t1->corrections += n1.corrections;
-    if (residual) {
-        t2->saturated = _mm512_add_epi32(t2->saturated, n2.saturated);
-        t2->overflowed = _mm512_add_epi32(t2->overflowed, n2.overflowed);
-        t2->corrections += n2.corrections;
-    }
+    qc_tally_add(t1, &n1);
+    if (residual) qc_tally_add(t2, &n2);
 }
 
 /* Requantize `count` int32 sums acc[0..] of consecutive pixels' channels (pixel-major, starting at channel 0)
@@ -506,14 +507,8 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_flat512(
         qc_emit512(x, &n1, &n2, _mm512_cvtepi32_ps(sums), i, m, at + i, out, residual, checked, low_counts,
                    check_overflow, out_kind);
     }
-    t1->saturated = _mm512_add_epi32(t1->saturated, n1.saturated);
-    t1->overflowed = _mm512_add_epi32(t1->overflowed, n1.overflowed);
-    t1->corrections += n1.corrections;
-    if (residual) {
-        t2->saturated = _mm512_add_epi32(t2->saturated, n2.saturated);
-        t2->overflowed = _mm512_add_epi32(t2->overflowed, n2.overflowed);
-        t2->corrections += n2.corrections;
-    }
+    qc_tally_add(t1, &n1);
+    if (residual) qc_tally_add(t2, &n2);
 }
 
 /* qc_flat512 with the kernel's flags: the common cases with constant flags (their loops have no branches). */
