@@ -6,7 +6,8 @@
  * v ^ 0x80 = v + 128: geometry.flip) and weights packed as [O/16][kh][kw][Cp/4][16][4]
  * (the vpdpbusd shape: 16 int32 lanes, 4 consecutive input channels each; AMX: its own layout). Sums
  * are int32: the caller proves 255 * sum|w| < 2**31; the zero point enters as zp * sum(w) per output.
- * Depthwise convolutions (one input and one output channel per group) read the unpadded input.
+ * Depthwise convolutions (one input and one output channel per group) read a uint8 input, unpadded (taps
+ * outside it skipped or read as zero points) or padded by the caller (geometry pad_top = pad_left = 0).
  *
  * Epilogues (qc_epilogue.rule): 1, float32 proven exact: v = sum + bias, p = v * scale, round half to
  * even, + zero point, clip; 2, the same with the scale rounded to float32, and every lane whose p lies
@@ -839,7 +840,7 @@ int64_t qc_depthwise(int64_t variant, const uint8_t *x, int64_t zero_u8, const i
     return 0;
 }
 
-/* Depthwise, unpadded input; zero_row: C bytes at the zero point (what taps outside read); weights
+/* Depthwise, unpadded or padded input; zero_row: C bytes at the zero point (what taps outside read); weights
  * [kh * kw][C] as int32 lanes holding (uint16) w; the correction: zero point * sum(w); sums: int32[ow * C]
  * scratch. AVX-512 VNNI only, float32 rules, kh * kw <= 25. */
 int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
