@@ -306,7 +306,7 @@ class NativeConv:
         if self.variant == AMX and epilogue.rule == RULE_INT:
             raise ValueError("native convolution: the AMX kernel needs a float32 requantize form")
         fast_depthwise = self.depthwise and self.reads_every_tap(epilogue.rule != RULE_INT)
-        # small images have mostly border pixels, which the vector kernel runs one by one: pad those
+        # border pixels run one by one in the vector kernel: read the input padded where that pays (pad_pixels)
         padded = not self.depthwise or (fast_depthwise and x.shape[2] * x.shape[3] <= self.pad_pixels)
         source, height, width, flip = self._input(x, padded=padded)
         geometry, out_shape = self._geometry(x.shape, height, width, flip, padded)
