@@ -17,7 +17,7 @@ VIEW_OPS = (Op.FLATTEN, Op.RESHAPE)  # the engine returns these as views of thei
 
 
 def last_uses(graph: Graph) -> dict[str, int]:
-    """Tensor -> the position of the last node reading it or a view of it (graph outputs: past the end)."""
+    """Node output -> the position of the last node reading it or a view of it (graph outputs: past the end)."""
     position = {node.name: index for index, node in enumerate(graph.nodes)}
     end = len(graph.nodes)
     last: dict[str, int] = {}
@@ -29,8 +29,6 @@ def last_uses(graph: Graph) -> dict[str, int]:
         if node.op in VIEW_OPS:
             source = node.inputs[0]
             last[source] = max(last.get(source, -1), *(last[t] for t in node.outputs))
-    for name in graph.inputs:
-        last.setdefault(name, max((position[c.name] for c in graph.consumers(name)), default=-1))
     return last
 
 

@@ -146,20 +146,21 @@ class EpilogueArgs:
         def tiled(values, dtype) -> np.ndarray:
             return np.ascontiguousarray(np.tile(np.asarray(values)[:channels], TILE_PIXELS), dtype=dtype)
 
-        arrays = [tiled(correction, np.int32)]
-        for name in ("bias", "multiplier", "shift", "up"):
-            arrays.append(tiled(getattr(int_form, name) if int_form is not None else np.zeros(channels), np.int64))
+        sums_correction = tiled(correction, np.int32)
+        ints = [tiled(getattr(int_form, name) if int_form is not None else np.zeros(channels), np.int64)
+                for name in ("bias", "multiplier", "shift", "up")]  # fmt: skip
         floats = form if rule != RULE_INT else None
-        for name in ("scale", "bias"):
-            arrays.append(tiled(getattr(floats, name) if floats is not None else np.zeros(channels), np.float32))
+        scale, float_bias = (tiled(getattr(floats, name) if floats is not None else np.zeros(channels), np.float32)
+                             for name in ("scale", "bias"))  # fmt: skip
         # the float rules' bias is an integer (exact in float32): bias - correction, wrapped to int32 like the sums
-        integer_bias = arrays[6].astype(np.int64) if floats is not None else arrays[1]
-        arrays.append(((integer_bias - arrays[0]) & 0xFFFFFFFF).astype(np.uint32).view(np.int32))
+        integer_bias = float_bias.astype(np.int64) if floats is not None else ints[0]
+        offset = ((integer_bias - sums_correction) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+        arrays = [sums_correction, *ints, scale, float_bias, offset]  # the struct's pointer fields, in order
         limits = (floats or int_form).limits
         error = float(limits[7]) if rule == RULE_CHECKED32 else 0.0
         struct = Epilogue(
-            *(a.ctypes.data for a in arrays[:7]), *(int(value) for value in limits[:7]), rule, error,
-            OUT_KINDS[out_dtype], arrays[7].ctypes.data,
+            *(a.ctypes.data for a in arrays[:-1]), *(int(value) for value in limits[:7]), rule, error,
+            OUT_KINDS[out_dtype], offset.ctypes.data,
         )  # fmt: skip
         return cls(struct, form, int_form, arrays)
 
@@ -239,15 +240,14 @@ class NativeConv:
         input itself, which the dense VNNI and portable kernels read as uint8 v + 128 (``flip``)."""
         channels_last = x.transpose(0, 2, 3, 1)
         batch, height, width, channels = channels_last.shape
-        in_place = channels_last.flags.c_contiguous and self.variant != AMX
-        if padded and in_place and not any(self.padding) and self.padded_channels == channels:
+        # the input as it is, where the kernel needs no padding (AMX always reads a padded copy)
+        as_is = not padded or (self.variant != AMX and not any(self.padding) and self.padded_channels == channels)
+        if as_is and channels_last.flags.c_contiguous:
             if x.dtype == np.uint8 and self.offset == 0:
                 return channels_last, height, width, 0
             if x.dtype == np.int8 and self.offset == 128 and not self.depthwise:  # no flip in depthwise kernels
                 return channels_last.view(np.uint8), height, width, 1
         if not padded:
-            if x.dtype == np.uint8 and self.offset == 0 and channels_last.flags.c_contiguous:
-                return channels_last, height, width, 0
             shape = (batch, height, width, channels)
             converted = self._scratch("converted", shape)
             np.add(channels_last, np.int32(self.offset), out=converted, casting="unsafe")

@@ -40,7 +40,7 @@ typedef struct {
     int64_t n, hp, wp, cp;          /* input: batch, padded height/width, channels (dense: multiple of 4) */
     int64_t o, kh, kw, sh, sw, dh, dw; /* output channels, kernel, stride, dilation */
     int64_t oh, ow;                 /* output size */
-    int64_t pad_top, pad_left;      /* depthwise only: the input is unpadded */
+    int64_t pad_top, pad_left;      /* depthwise only: the padding the input lacks (0 when padded) */
     int64_t flip;                   /* dense, not AMX: the input bytes are int8, read as uint8 v + 128 (v ^ 0x80) */
 } qc_geometry;
 
@@ -54,10 +54,10 @@ typedef struct {
     int64_t rule;     /* 0 int64; 1 float32, proven exact; 2 float32 checked against the nearest half */
     float error;      /* checked: |p - exact| <= error * |p| */
     int64_t out_kind; /* 0 uint8, 1 int8, 2 int16, 3 int32 */
-    const int32_t *offset; /* float rules, dense VNNI: bias - correction (mod 2**32), as the per-channel arrays */
+    const int32_t *offset; /* float rules, vector kernels: bias - correction (mod 2**32), as the per-channel arrays */
 } qc_epilogue;
 
-/* A residual add fed by the kernel's requantized output (`own`), with its own requantize (a float32 rule). */
+/* A residual add fed by the kernel's requantized output (`own`), with its own requantize (any rule). */
 typedef struct {
     const qc_epilogue *add;
     const void *other; /* the add's other operand: the output's layout and size */
@@ -343,6 +343,18 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_ctx_finish(const 
     }
 }
 
+/* Clip 16 results q (mask m, zero point added) to the stage's limits, counting saturations (above the
+ * clip max; below the clip min when low_counts). */
+QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_clip_count512(const qc_stage512 *s, qc_tally512 *t,
+                                                                                __m512i q, __mmask16 m,
+                                                                                const int low_counts) {
+    const __m512i one = _mm512_set1_epi32(1);
+    t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmpgt_epi32_mask(m, q, s->high), t->saturated, one);
+    if (low_counts)
+        t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmplt_epi32_mask(m, q, s->low), t->saturated, one);
+    return _mm512_max_epi32(_mm512_min_epi32(q, s->high), s->low);
+}
+
 /* Requantize 16 values v (mask m; sum + bias, exact integers in float32) of channels c..: round half to
  * even, zero point, clip, counting; the checked rule redoes the lanes near a half in int64. */
 QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(const qc_stage512 *s, qc_tally512 *t,
@@ -360,11 +372,7 @@ QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(const
     /* round half to even in the conversion itself (|p| < 2**24 for rule 1), then zero point and clip */
     __m512i q = _mm512_add_epi32(_mm512_cvt_roundps_epi32(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
                                  s->zero);
-    const __m512i one = _mm512_set1_epi32(1);
-    t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmpgt_epi32_mask(m, q, s->high), t->saturated, one);
-    if (low_counts)
-        t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmplt_epi32_mask(m, q, s->low), t->saturated, one);
-    q = _mm512_max_epi32(_mm512_min_epi32(q, s->high), s->low);
+    q = qc_clip_count512(s, t, q, m, low_counts);
     if (checked) {
         /* near a half: p + 0.5 within `near_half` of an integer (vreducps: x - rint(x), exact; p + 0.5 is
          * exact where |p| < 2**22, and beyond the clip bound a misrounded lane clips the same) */
@@ -402,12 +410,7 @@ QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round_int512(c
                                             _mm512_and_si512(_mm512_srav_epi64(p, shift), one));
         halves[h] = _mm512_cvtsepi64_epi32(_mm512_add_epi64(_mm512_srav_epi64(_mm512_add_epi64(p, up), shift), zero));
     }
-    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1);
-    const __m512i ones = _mm512_set1_epi32(1);
-    t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmpgt_epi32_mask(m, q, s->high), t->saturated, ones);
-    if (s->low_counts)
-        t->saturated = _mm512_mask_add_epi32(t->saturated, _mm512_mask_cmplt_epi32_mask(m, q, s->low), t->saturated, ones);
-    return _mm512_max_epi32(_mm512_min_epi32(q, s->high), s->low);
+    return qc_clip_count512(s, t, _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1), m, s->low_counts);
 }
 
 /* 16 integers (mask m) of type `kind` at base[at..] as int32 lanes. */
