@@ -21,6 +21,8 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -100,6 +102,8 @@ def library() -> ctypes.CDLL | None:
             lib.qc_pad_copy.restype = ctypes.c_int64
             lib.qc_pad_copy.argtypes = [pointer, *[ctypes.c_int64] * 5, pointer, ctypes.c_int64, pointer,
                                         *[ctypes.c_int64] * 5]  # fmt: skip
+            lib.qc_run.restype = ctypes.c_int64
+            lib.qc_run.argtypes = [pointer, ctypes.c_int64]
             return lib
     return None
 
@@ -119,6 +123,63 @@ def variants() -> int:
 def available() -> bool:
     """True when the fast (AVX-512 VNNI) kernels run here."""
     return bool(variants() & AVX512)
+
+
+CALL_KINDS = {"qc_pad_copy": 0, "qc_dense": 1, "qc_depthwise": 2, "qc_depthwise_fast": 3}  # qc_run's QC_CALL_*
+CALL_WIDTH = 18  # QC_CALL_WIDTH: kind, counts, 16 arguments
+
+
+@dataclass
+class Tape:
+    """The kernel calls one thread made while ``recording``: rows for ``qc_run``, the objects their pointers
+    point into (kept alive with the rows), the counts array of each kernel call, and ``pure``: False once
+    the work went through numpy too (a replay of the rows alone would skip it)."""
+
+    rows: list[list[int]] = field(default_factory=list)
+    keep: list = field(default_factory=list)
+    counts: list[np.ndarray] = field(default_factory=list)
+    pure: bool = True
+
+
+_tapes = threading.local()
+
+
+@contextmanager
+def recording() -> Iterator[Tape]:
+    """Record this thread's kernel calls (they still run) into a Tape."""
+    tape, previous = Tape(), getattr(_tapes, "tape", None)
+    _tapes.tape = tape
+    try:
+        yield tape
+    finally:
+        _tapes.tape = previous
+
+
+def _not_replayable() -> None:
+    """Mark the recording tape impure: this call's work is not all in its kernel calls."""
+    tape = getattr(_tapes, "tape", None)
+    if tape is not None:
+        tape.pure = False
+
+
+def _call(name: str, args: tuple, keep: tuple = (), counts: np.ndarray | None = None) -> int:
+    """Run one kernel, and record it on this thread's tape (``recording``) with what its pointers need."""
+    status = getattr(library(), name)(*args)
+    tape = getattr(_tapes, "tape", None)
+    if tape is not None:
+        row = [CALL_KINDS[name], 0 if counts is None else counts.ctypes.data, *(int(a or 0) for a in args)]
+        tape.rows.append(row + [0] * (CALL_WIDTH - len(row)))
+        tape.keep.extend(keep)
+        if counts is not None:
+            tape.counts.append(counts)
+    return status
+
+
+def run_calls(rows: np.ndarray) -> None:
+    """Replay recorded kernel calls (int64 [n, CALL_WIDTH]) in one C call, without the interpreter between them."""
+    status = library().qc_run(rows.ctypes.data, len(rows))
+    if status != 0:
+        raise RuntimeError(f"native convolution: a replayed kernel call failed ({status})")
 
 
 @dataclass
@@ -251,6 +312,7 @@ class NativeConv:
             shape = (batch, height, width, channels)
             converted = self._scratch("converted", shape)
             np.add(channels_last, np.int32(self.offset), out=converted, casting="unsafe")
+            _not_replayable()
             return converted, height, width, 0
         top, left, bottom, right = self.padding
         padded_channels = self.padded_channels
@@ -261,12 +323,13 @@ class NativeConv:
         if kind is None:
             inner = padded[:, top : top + height, left : left + width, :channels]
             np.add(channels_last, np.int32(self.offset), out=inner, casting="unsafe")
+            _not_replayable()
         else:  # in C: numpy's strided uint8 copy ran at ~4 GB/s
             strides = np.array(channels_last.strides, dtype=np.int64) // x.itemsize
-            library().qc_pad_copy(
+            _call("qc_pad_copy", (
                 channels_last.ctypes.data, kind, batch, height, width, channels, strides.ctypes.data, self.offset,
                 padded.ctypes.data, *shape[1:], top, left,
-            )  # fmt: skip
+            ), keep=(channels_last, strides, padded))  # fmt: skip
         return padded, shape[1], shape[2], 0
 
     def _sums(self, size: int) -> int:
@@ -301,7 +364,6 @@ class NativeConv:
         convolution requantized by ``form`` (``int_form``: its int64 form) into ``out``, or with ``residual``
         the requantized residual add that this result feeds. Returns (saturations, overflows), with a
         residual also the add's (saturations, overflows)."""
-        lib = library()
         epilogue = self.epilogue(form, int_form, out.dtype if residual is None else np.dtype(np.int32))
         if self.variant == AMX and epilogue.rule == RULE_INT:
             raise ValueError("native convolution: the AMX kernel needs a float32 requantize form")
@@ -319,26 +381,28 @@ class NativeConv:
             self._work.counts_at = counts.ctypes.data
         counts[:] = 0
         counts_at, addresses = work["counts_at"], self._addresses
-        pointer = ctypes.byref
-        extra = None if residual is None else pointer(residual.bind(out))
+        address = ctypes.addressof
+        bound = None if residual is None else residual.bind(out)
+        extra = None if bound is None else address(bound)
+        common = (geometry, epilogue, bound, residual, source, out)  # what the pointers below point into
         if fast_depthwise:
             sums = self._sums(out_shape[2] * self.out_channels)  # one output row's int32 sums
-            status = lib.qc_depthwise_fast(
+            status = _call("qc_depthwise_fast", (
                 self.variant, source.ctypes.data, addresses["zero_row"], addresses["lane_weights"],
-                pointer(geometry), pointer(epilogue), extra, out.ctypes.data, counts_at, sums,
-            )  # fmt: skip
+                address(geometry), address(epilogue), extra, out.ctypes.data, counts_at, sums,
+            ), (*common, self._work.sums), counts)  # fmt: skip
         elif self.depthwise and residual is None:
-            status = lib.qc_depthwise(  # the portable loops: taps outside the input skipped, any rule
-                PORTABLE, source.ctypes.data, self.zero_point, addresses["weights"], pointer(geometry),
-                pointer(epilogue), out.ctypes.data, counts_at,
-            )  # fmt: skip
+            status = _call("qc_depthwise", (  # the portable loops: taps outside the input skipped, any rule
+                PORTABLE, source.ctypes.data, self.zero_point, addresses["weights"], address(geometry),
+                address(epilogue), out.ctypes.data, counts_at,
+            ), common, counts)  # fmt: skip
         elif not self.depthwise:
             # int32 sums of a pixel group, then its flipped bytes
             scratch = self._sums(TILE_PIXELS * (self.out_channels + round_up(self.padded_channels, LANE) // LANE))
-            status = lib.qc_dense(
-                self.variant, source.ctypes.data, addresses["weights"], pointer(geometry), pointer(epilogue),
+            status = _call("qc_dense", (
+                self.variant, source.ctypes.data, addresses["weights"], address(geometry), address(epilogue),
                 extra, out.ctypes.data, counts_at, scratch,
-            )  # fmt: skip
+            ), (*common, self._work.sums), counts)  # fmt: skip
         else:
             status = -2
         if status != 0:
@@ -395,6 +459,7 @@ class ResidualAdd:
         """This add for one call: ``other`` converted to a type the kernels read if it is not one."""
         if other.dtype not in OUT_KINDS or not other.flags.c_contiguous:
             other = np.ascontiguousarray(other, dtype=np.int32)
+            _not_replayable()
         return replace(self, other=other)
 
     def bind(self, out: np.ndarray) -> Residual:

@@ -894,3 +894,38 @@ int64_t qc_pad_copy(const void *src, int64_t kind, int64_t n, int64_t h, int64_t
         }
     return 0;
 }
+
+/* A recorded run of kernel calls (hwsim.native_program): `count` rows of QC_CALL_WIDTH int64s, each the
+ * call's kind (QC_CALL_*), its counts array or 0 (zeroed first, as the caller does before a single call),
+ * then its arguments in order, pointers as integers. One call from Python runs a chain of layers without
+ * the interpreter (and its lock) between them. Returns 0, or the first failing call's status. */
+enum { QC_CALL_PAD_COPY, QC_CALL_DENSE, QC_CALL_DEPTHWISE, QC_CALL_DEPTHWISE_FAST, QC_CALL_KINDS };
+#define QC_CALL_WIDTH 18
+#define QC_P(i) ((void *)(intptr_t)a[i])
+
+int64_t qc_run(const int64_t *calls, int64_t count) {
+    for (int64_t i = 0; i < count; i++) {
+        const int64_t *row = calls + i * QC_CALL_WIDTH, *a = row + 2;
+        int64_t *counts = (int64_t *)(intptr_t)row[1], status;
+        if (counts != NULL) memset(counts, 0, 4 * sizeof(int64_t));
+        switch (row[0]) {
+        case QC_CALL_PAD_COPY:
+            status = qc_pad_copy(QC_P(0), a[1], a[2], a[3], a[4], a[5], QC_P(6), a[7], QC_P(8), a[9], a[10], a[11],
+                                 a[12], a[13]);
+            break;
+        case QC_CALL_DENSE:
+            status = qc_dense(a[0], QC_P(1), QC_P(2), QC_P(3), QC_P(4), QC_P(5), QC_P(6), QC_P(7), QC_P(8));
+            break;
+        case QC_CALL_DEPTHWISE:
+            status = qc_depthwise(a[0], QC_P(1), a[2], QC_P(3), QC_P(4), QC_P(5), QC_P(6), QC_P(7));
+            break;
+        case QC_CALL_DEPTHWISE_FAST:
+            status = qc_depthwise_fast(a[0], QC_P(1), QC_P(2), QC_P(3), QC_P(4), QC_P(5), QC_P(6), QC_P(7), QC_P(8),
+                                       QC_P(9));
+            break;
+        default: status = -3;
+        }
+        if (status != 0) return status;
+    }
+    return 0;
+}
