@@ -80,6 +80,7 @@ class Epilogue(ctypes.Structure):
 
 
 RULE_INT, RULE_FLOAT32, RULE_CHECKED32 = 0, 1, 2
+CACHE_LINE = 64  # bytes
 
 
 @cache
@@ -377,7 +378,7 @@ class NativeConv:
         work = self._work.__dict__
         counts = work.get("counts")
         if counts is None:
-            counts = self._work.counts = np.zeros(4, dtype=np.int64)
+            counts = self._work.counts = cache_line_array(4)
             self._work.counts_at = counts.ctypes.data
         counts[:] = 0
         counts_at, addresses = work["counts_at"], self._addresses
@@ -469,6 +470,15 @@ class ResidualAdd:
         return Residual(
             ctypes.addressof(self.args.struct), self.other.ctypes.data, OUT_KINDS[self.other.dtype], *self.alignment
         )
+
+
+def cache_line_array(size: int) -> np.ndarray:
+    """Zeroed int64s alone on their cache lines: the kernels add to their counts as they go, and two worker
+    threads' counts in one line would make each add wait for the other core."""
+    line = CACHE_LINE // 8
+    spare = np.zeros(size + 3 * line, dtype=np.int64)
+    start = line + (-spare.ctypes.data // 8) % line
+    return spare[start : start + size]
 
 
 def round_up(value: int, multiple: int) -> int:
