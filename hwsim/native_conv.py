@@ -42,7 +42,7 @@ DEPTHWISE_PAD_PIXELS = 256  # strided depthwise inputs up to 16 x 16 are copied 
 DEPTHWISE_TAPS = 25  # the vector depthwise kernel holds a kernel's taps in registers: up to 5 x 5 (QC_DW_TAPS)
 TILE_PIXELS = 8  # output pixels per dense register tile (QC_MAX_P): the epilogue's arrays span this many
 SMALL_K = 64  # dense layers with at most this many products per output (a first layer) run on VNNI too
-FAST_KINDS = ("pointwise", "depthwise")  # where the VNNI kernels beat oneDNN + requantize (docs/hwsim.md#performance)
+FAST_KINDS = ("pointwise", "depthwise")  # on an AMX CPU, where the VNNI kernels beat oneDNN + requantize
 
 
 class Geometry(ctypes.Structure):
@@ -515,11 +515,13 @@ def native_fits(form, int_form) -> bool:
 
 
 def plan_fast_conv(conv: Int8Conv) -> NativeConv | None:
-    """The engine's choice: 1x1 and depthwise layers on the AVX-512 VNNI kernels. Other dense layers stay
-    on oneDNN (which runs them on AMX): the VNNI kernel is slower there, and the AMX one (``AMX``), 1.1-1.5x
-    faster than oneDNN + requantize alone, measured no faster inside the engine (ResNet-20, 2 workers:
-    +3% / -2%), where each layer first copies its input into a padded buffer."""
-    native = plan_native_conv(conv, AVX512, FAST_KINDS)
+    """The engine's choice: every 1x1, depthwise and dense layer on the AVX-512 VNNI kernels (in the engine
+    each runs 1.0-1.5x faster than oneDNN + its requantize pass, and their calls replay without Python:
+    docs/hwsim.md#performance), except on a CPU with AMX, where oneDNN runs the dense layers on AMX tiles:
+    there only the small ones (a first layer, at most SMALL_K products per output) run on VNNI. (The AMX
+    kernel, ``AMX``, 1.1-1.5x faster than oneDNN + requantize alone, measured no faster inside the engine,
+    where each layer first copies its input into a padded buffer.)"""
+    native = plan_native_conv(conv, AVX512, FAST_KINDS if variants() & AMX else KINDS)
     if native is None and conv.weight is not None:
         _, per_group, kernel_h, kernel_w = conv.weight.shape
         if conv.groups == 1 and kernel_h * kernel_w * round_up(per_group, LANE) <= SMALL_K:
