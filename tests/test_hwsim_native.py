@@ -43,21 +43,29 @@ def test_library_is_built_from_the_current_source() -> None:
 
 
 @st.composite
-def layers(draw, int8_in_place: bool = False):
+def layers(draw, int8_in_place: bool = False, wide: bool = False):
     """A dense, pointwise or depthwise layer: weights, input values of a <= 8-bit type, zero point, geometry.
     ``int8_in_place``: no padding, channels a multiple of 4, int8 input: what dense kernels read in place
-    (depthwise ones copy it to uint8)."""
+    (depthwise ones copy it to uint8). ``wide``: 3 x 3 (or 1 x 1) layers over whole blocks of 16 channels
+    (and a partial one) and rows of 8-20 pixels: the kernels' widest register tiles."""
     kind = draw(st.sampled_from(KINDS))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     channels = 4 * draw(st.integers(1, 10)) if int8_in_place else draw(st.integers(1, 40))
+    if wide:
+        channels = 16 * draw(st.integers(1, 3)) + draw(st.sampled_from([0, 0, 5]))
     if kind == "pointwise":
         kernel, stride, padding, dilation = 1, 1, (0, 0, 0, 0), 1
+    elif wide:
+        kernel, stride, dilation = 3, draw(st.integers(1, 2)), 1
+        padding = draw(st.sampled_from([(1, 1, 1, 1), (0, 0, 0, 0), (0, 1, 0, 1)]))
     else:
         kernel = draw(st.sampled_from([1, 2, 3, 5, 6] if kind == "depthwise" else [1, 2, 3, 5]))
         stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 2))
         padding = (0,) * 4 if int8_in_place else tuple(draw(st.lists(st.integers(0, kernel), min_size=4, max_size=4)))
     out_channels = channels if kind == "depthwise" else draw(st.integers(1, 70))
     size = draw(st.integers(dilation * (kernel - 1) + 1, dilation * (kernel - 1) + 9))
+    if wide:
+        size = draw(st.integers(8, 20))
     batch = draw(st.integers(1, 3))
     signed = int8_in_place or draw(st.booleans())
     x_min, x_max = (-128, 127) if signed else (0, 255)
@@ -147,6 +155,16 @@ def test_native_conv_reads_int8_inputs_in_place(layer, rule, out_type, seed, dat
     """Layers without padding over int8 channels-last inputs: dense ones read them without a copy, each
     byte as v + 128; depthwise ones (read padded or not) convert them."""
     check_native_conv(layer, rule, out_type, seed, data, "channels-last", int8_in_place=True)
+
+
+@needs_library
+@needs_onednn
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer=layers(wide=True), rule=st.sampled_from(["float", "checked", "int"]), out_type=st.sampled_from(OUT_TYPES),
+       seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
+def test_native_conv_on_wide_rows(layer, rule, out_type, seed, data) -> None:
+    """Rows wide enough and channels many enough for every register tile (8 pixels, whole blocks of 16)."""
+    check_native_conv(layer, rule, out_type, seed, data, data.draw(st.sampled_from(["int64", "channels-last"])))
 
 
 def check_native_conv(layer, rule, out_type, seed, data, layout: str, int8_in_place: bool = False) -> None:

@@ -504,13 +504,19 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_flat512(
     const qc_ctx512 *x, qc_tally512 *t1, qc_tally512 *t2, const int32_t *acc, int64_t count, int64_t at, void *out,
     const int residual, const int checked, const int low_counts, const int check_overflow, const int64_t out_kind) {
     qc_tally512 n1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, n2 = n1;
-    const int32_t *offset = x->first.e->offset;
-    for (int64_t i = 0; i < count; i += 16) {
-        const __mmask16 m = count - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (count - i)) - 1);
-        const __m512i sums = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, acc + i), _mm512_maskz_loadu_epi32(m, offset + i));
-        qc_emit512(x, &n1, &n2, _mm512_cvtepi32_ps(sums), i, m, at + i, out, residual, checked, low_counts,
-                   check_overflow, out_kind);
-    }
+    /* a copy whose address never escapes: the stores through `out` (a char type) cannot change it, so its
+     * constants stay in registers instead of being loaded again after every store */
+    const qc_ctx512 local = *x;
+    const int32_t *offset = local.first.e->offset;
+#define QC_FLAT_STEP(M)                                                                                        \
+    qc_emit512(&local, &n1, &n2,                                                                              \
+               _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_maskz_loadu_epi32(M, acc + i),                       \
+                                                   _mm512_maskz_loadu_epi32(M, offset + i))),                  \
+               i, M, at + i, out, residual, checked, low_counts, check_overflow, out_kind)
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) QC_FLAT_STEP((__mmask16)0xffff);
+    if (i < count) QC_FLAT_STEP((__mmask16)((1u << (count - i)) - 1));
+#undef QC_FLAT_STEP
     qc_tally_add(t1, &n1);
     if (residual) qc_tally_add(t2, &n2);
 }
@@ -589,12 +595,12 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
 #define QC_DW_SUMS(P, TAPS, FULL)                                                                             \
     do {                                                                                                      \
         __m512i sum[P];                                                                                       \
-        _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) sum[p] = _mm512_setzero_si512();                  \
+        _Pragma("GCC unroll 8") for (int p = 0; p < P; p++) sum[p] = _mm512_setzero_si512();                  \
         _Pragma("GCC unroll 9") for (int64_t t = 0; t < (TAPS); t++)                                          \
-            _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                                               \
+            _Pragma("GCC unroll 8") for (int p = 0; p < P; p++)                                               \
                 sum[p] = _mm512_dpwssd_epi32(sum[p], _mm512_cvtepu8_epi32(QC_DW_LOAD(pix + p * step + offsets[t], FULL)), \
                                              wv[t]);                                                          \
-        _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                                                   \
+        _Pragma("GCC unroll 8") for (int p = 0; p < P; p++)                                                   \
             _mm512_mask_storeu_epi32(sums + (ox + p) * C + c0, m, sum[p]);                                    \
     } while (0)
 /* 16 activation bytes: a whole block of channels unmasked (the load folds into its use), else masked */
@@ -639,7 +645,10 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
                 const uint8_t *row = x + ((n * H + y0) * W - left) * C + c0; /* tap (0, 0) of output column 0 */
                 for (int64_t ox = 0; ox < ow;) {
                     const uint8_t *pix = row + ox * step;
-                    if (rows_inside && ox >= x_lo && ox + 4 <= x_hi) {
+                    if (rows_inside && ox >= x_lo && ox + 8 <= x_hi && three && m == 0xffff) {
+                        QC_DW_SUMS(8, 9, 1);
+                        ox += 8;
+                    } else if (rows_inside && ox >= x_lo && ox + 4 <= x_hi) {
                         if (three && m == 0xffff)
                             QC_DW_SUMS(4, 9, 1);
                         else if (three)
