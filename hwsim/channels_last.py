@@ -17,6 +17,7 @@ product checked against the nearest half and the few that may round differently 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -86,6 +87,7 @@ class CheckedRequant:
     bias: np.ndarray  # in the scale's type, tiled
     limits: tuple  # FloatRequant's limits, error, 0.5 (the scale's type), the int64 form's multiplier, shift, up
     int_form: IntRequant
+    products: float = math.inf  # a bound on every |v * scale| (the C kernels skip a clamp below 2**29)
     kind = "checked"
 
     @property
@@ -103,7 +105,8 @@ class CheckedRequant:
             return form
         if int_form is None:
             return None
-        return cls(form.scale, form.bias, _checked_limits(form.limits, 0.0, int_form), int_form)
+        exact = float(FLOAT32_EXACT if form.dtype is np.float32 else FLOAT64_EXACT)  # a float form's products are exact
+        return cls(form.scale, form.bias, _checked_limits(form.limits, 0.0, int_form), int_form, exact)
 
 
 def _checked_limits(float_limits: tuple, error: float, int_form: IntRequant) -> tuple:
@@ -138,11 +141,14 @@ def checked_requant(
     # int_requant's shifts 1..62 and 31-bit multipliers keep every nonzero scale and product normal in float32
     exact_scale = _exact_scale(multiplier, shift)
     repeats = -(-TILE // exact_scale.size)
+    scale = exact_scale.astype(dtype)
+    largest = (bound + float(np.abs(np.asarray(bias, dtype=np.float64)).max(initial=0))) * float(np.abs(scale).max())
     return CheckedRequant(
-        np.tile(exact_scale.astype(dtype), repeats),
+        np.tile(scale, repeats),
         np.tile(np.asarray(bias, dtype=dtype), repeats),
         _checked_limits(_float_limits(dtype, bound, zero_point, clips, acc_limits), CHECKED_ERROR[dtype], int_form),
         int_form,
+        largest * (1 + 2.0**-20),
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,6 +77,7 @@ class Epilogue(ctypes.Structure):
         ("error", ctypes.c_float),
         ("out_kind", ctypes.c_int64),
         ("offset", ctypes.c_void_p),
+        ("wide_products", ctypes.c_int64),
     ]
 
 
@@ -220,9 +222,11 @@ class EpilogueArgs:
         arrays = [sums_correction, *ints, scale, float_bias, offset]  # the struct's pointer fields, in order
         limits = (floats or int_form).limits
         error = float(limits[7]) if rule == RULE_CHECKED32 else 0.0
+        # the checked vector epilogue clamps each product to +-2**30 before converting it, unless none reaches 2**29
+        wide_products = rule == RULE_CHECKED32 and not getattr(form, "products", math.inf) < 2**29
         struct = Epilogue(
             *(a.ctypes.data for a in arrays[:-1]), *(int(value) for value in limits[:7]), rule, error,
-            OUT_KINDS[out_dtype], offset.ctypes.data,
+            OUT_KINDS[out_dtype], offset.ctypes.data, wide_products,
         )  # fmt: skip
         return cls(struct, form, int_form, arrays)
 

@@ -55,6 +55,7 @@ typedef struct {
     float error;      /* checked: |p - exact| <= error * |p| */
     int64_t out_kind; /* 0 uint8, 1 int8, 2 int16, 3 int32 */
     const int32_t *offset; /* float rules, vector kernels: bias - correction (mod 2**32), as the per-channel arrays */
+    int64_t wide_products; /* checked: some |sum * scale| may reach 2**30 (the vector kernels then clamp it first) */
 } qc_epilogue;
 
 /* A residual add fed by the kernel's requantized output (`own`), with its own requantize (any rule). */
@@ -271,8 +272,8 @@ QC_AVX512 __attribute__((noinline)) static __m512i qc_redo_near(const qc_epilogu
 typedef struct {
     const qc_epilogue *e;
     __m512i zero, low, high, acc_low32, acc_high32;
-    __m512 half, acc_low, acc_high, near_half, magnitude;
-    int checked, low_counts, check_overflow, int_rule;
+    __m512 acc_low, acc_high, near_half, magnitude;
+    int checked, low_counts, check_overflow, int_rule; /* checked: 0 no, 1 with the clamp, 2 without (qc_round512) */
 } qc_stage512;
 
 /* One stage's counters, kept apart from the constants: a kernel holds them in local variables (registers;
@@ -297,7 +298,6 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_stage_init(qc_sta
     s->zero = _mm512_set1_epi32((int32_t)e->zero_point);
     s->low = _mm512_set1_epi32((int32_t)e->clip_min);
     s->high = _mm512_set1_epi32((int32_t)e->clip_max);
-    s->half = _mm512_set1_ps(0.5f);
     s->acc_low = _mm512_set1_ps((float)e->acc_min);
     s->acc_high = _mm512_set1_ps((float)e->acc_max);
     /* the checked rule's reach: where |p| <= B (B - 2: the widest clip from the zero point), |p| * error <=
@@ -306,9 +306,13 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_stage_init(qc_sta
     const double reach = (double)(llabs(e->clip_min - e->zero_point) > llabs(e->clip_max - e->zero_point)
                                       ? llabs(e->clip_min - e->zero_point)
                                       : llabs(e->clip_max - e->zero_point)) + 2.0;
-    s->near_half = _mm512_set1_ps((float)(reach * (double)e->error * (1.0 + 0x1p-20)));
+    /* near a half: |p - rint(p)| >= 0.5 - reach * error, the bound rounded down so the set only grows */
+    const double threshold = 0.5 - reach * (double)e->error * (1.0 + 0x1p-20);
+    float near_half = (float)threshold;
+    if ((double)near_half > threshold) near_half = nextafterf(near_half, -1.0f);
+    s->near_half = _mm512_set1_ps(near_half);
     s->magnitude = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-    s->checked = e->rule == 2;
+    s->checked = e->rule == 2 ? (e->wide_products ? 1 : 2) : 0;
     s->int_rule = e->rule == 0; /* a residual add's requantize only (qc_round_int512) */
     s->acc_low32 = _mm512_set1_epi32((int32_t)(e->acc_min < INT32_MIN ? INT32_MIN : e->acc_min));
     s->acc_high32 = _mm512_set1_epi32((int32_t)(e->acc_max > INT32_MAX ? INT32_MAX : e->acc_max));
@@ -367,17 +371,18 @@ QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round512(const
         t->overflowed = _mm512_sub_epi32(t->overflowed, _mm512_movm_epi32(outside));
     }
     __m512 p = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, s->e->scale_f + c));
-    if (checked) /* past 2**30 a product only clips (|zero point|, |clip limits| < 2**21): keep it in int32 */
+    if (checked == 1) /* past 2**30 a product only clips (|zero point|, |clip limits| < 2**21): keep it in int32 */
         p = _mm512_min_ps(_mm512_max_ps(p, _mm512_set1_ps(-0x1p30f)), _mm512_set1_ps(0x1p30f));
     /* round half to even in the conversion itself (|p| < 2**24 for rule 1), then zero point and clip */
     __m512i q = _mm512_add_epi32(_mm512_cvt_roundps_epi32(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
                                  s->zero);
     q = qc_clip_count512(s, t, q, m, low_counts);
     if (checked) {
-        /* near a half: p + 0.5 within `near_half` of an integer (vreducps: x - rint(x), exact; p + 0.5 is
-         * exact where |p| < 2**22, and beyond the clip bound a misrounded lane clips the same) */
-        const __m512 offset = _mm512_reduce_ps(_mm512_add_ps(p, s->half), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __mmask16 near = _mm512_mask_cmp_ps_mask(m, _mm512_and_ps(offset, s->magnitude), s->near_half, _CMP_LE_OQ);
+        /* near a half: |p - rint(p)| at least `near_half` (vreduceps: x - rint(x), exact; past the clip
+         * bound, where p may be an integer in float32 while the exact product is not, a misrounded lane
+         * clips the same) */
+        const __m512 fraction = _mm512_reduce_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __mmask16 near = _mm512_mask_cmp_ps_mask(m, _mm512_and_ps(fraction, s->magnitude), s->near_half, _CMP_GE_OQ);
         if (near) { /* a local for the cold path's count: the stage's address must not escape (registers) */
             int64_t delta = 0;
             q = qc_redo_near(s->e, q, v, p, near, c, &delta);
@@ -533,9 +538,9 @@ QC_AVX512 static void qc_flat_any512(const qc_ctx512 *x, qc_tally512 *t1, qc_tal
     else if (x->residual)
         QC_FLAT(1, 0, 0, 0, x->out_kind);
     else if (plain && !f->low_counts)
-        f->checked ? QC_FLAT(0, 1, 0, 0, 0) : QC_FLAT(0, 0, 0, 0, 0);
+        f->checked == 2 ? QC_FLAT(0, 2, 0, 0, 0) : f->checked ? QC_FLAT(0, 1, 0, 0, 0) : QC_FLAT(0, 0, 0, 0, 0);
     else if (plain)
-        f->checked ? QC_FLAT(0, 1, 1, 0, 0) : QC_FLAT(0, 0, 1, 0, 0);
+        f->checked == 2 ? QC_FLAT(0, 2, 1, 0, 0) : f->checked ? QC_FLAT(0, 1, 1, 0, 0) : QC_FLAT(0, 0, 1, 0, 0);
     else
         QC_FLAT(0, f->checked, f->low_counts, f->check_overflow, x->out_kind);
 #undef QC_FLAT
