@@ -105,6 +105,8 @@ def library() -> ctypes.CDLL | None:
             lib.qc_pad_copy.restype = ctypes.c_int64
             lib.qc_pad_copy.argtypes = [pointer, *[ctypes.c_int64] * 5, pointer, ctypes.c_int64, pointer,
                                         *[ctypes.c_int64] * 5]  # fmt: skip
+            lib.qc_depthwise_fast_work.restype = ctypes.c_int64
+            lib.qc_depthwise_fast_work.argtypes = [pointer]
             lib.qc_run.restype = ctypes.c_int64
             lib.qc_run.argtypes = [pointer, ctypes.c_int64]
             return lib
@@ -391,7 +393,7 @@ class NativeConv:
         extra = None if bound is None else address(bound)
         common = (geometry, epilogue, bound, residual, source, out)  # what the pointers below point into
         if fast_depthwise:
-            sums = self._sums(out_shape[2] * self.out_channels)  # one output row's int32 sums
+            sums = self._sums(library().qc_depthwise_fast_work(address(geometry)))  # a row's sums, and scratch
             status = _call("qc_depthwise_fast", (
                 self.variant, source.ctypes.data, addresses["zero_row"], addresses["lane_weights"],
                 address(geometry), address(epilogue), extra, out.ctypes.data, counts_at, sums,

@@ -691,6 +691,114 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
     qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
 
+/* ---- depthwise 3 x 3, stride 1 along x, padded input: four taps per vpdpbusd ----
+ * Each input row is rearranged once into groups of 4 pixels: for every channel their 4 bytes side by side
+ * ([group][channels, rounded up to 16][4]). One vpdpbusd of a group then sums, per channel, the products
+ * of up to 4 horizontal taps: an output whose first tap is pixel 4g + ph (ph: its phase) needs group g
+ * (taps 0..3 - ph) and, for ph >= 2, group g + 1; its weights per (phase, kernel row, group) are 4 int8
+ * per channel with zeros where no tap falls. Four outputs (phases 0-3) share two group loads per kernel
+ * row: 18 vpdpbusd for what takes 36 vpdpwssd and 36 widening loads one tap at a time. The sums are the
+ * same integers. Scratch after the row's sums: 3 rearranged rows (a ring over input rows), the weights. */
+#define QC_QUAD_GROUPS(W) ((W) / 4 + 2) /* groups per rearranged row: every pixel, and one past the last */
+
+/* 3 x 3, dilation 1, stride 1 along x, the input padded (no taps outside it) */
+static int qc_depthwise_quad_fits(const qc_geometry *g) {
+    return g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1 && g->sw == 1 && g->pad_top == 0 && g->pad_left == 0;
+}
+
+static int64_t qc_quad_scratch_bytes(const qc_geometry *g) {
+    const int64_t c16 = (g->o + 15) / 16 * 16;
+    return 3 * QC_QUAD_GROUPS(g->wp) * c16 * 4 + (c16 / 16) * 24 * 64 + 64;
+}
+
+/* Input row y of image n (channels-last, C channels, W pixels) rearranged into `quad`. */
+QC_AVX512 static void qc_quad_row(const uint8_t *x, const uint8_t *zero_row, int64_t n, int64_t y, const qc_geometry *g,
+                                  uint8_t *quad) {
+    const int64_t C = g->o, W = g->wp, c16 = (C + 15) / 16 * 16, groups = QC_QUAD_GROUPS(W);
+    const uint8_t *row = x + (n * g->hp + y) * W * C;
+    for (int64_t q = 0; q < groups; q++)
+        for (int64_t c0 = 0; c0 < C; c0 += 16) {
+            const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+            __m128i p[4];
+            for (int i = 0; i < 4; i++) {
+                const int64_t px = 4 * q + i; /* past the row: the zero point (its weights are 0 anyway) */
+                p[i] = _mm_maskz_loadu_epi8(m, (px < W ? row + px * C : zero_row) + c0);
+            }
+            const __m128i ab_lo = _mm_unpacklo_epi8(p[0], p[1]), ab_hi = _mm_unpackhi_epi8(p[0], p[1]);
+            const __m128i cd_lo = _mm_unpacklo_epi8(p[2], p[3]), cd_hi = _mm_unpackhi_epi8(p[2], p[3]);
+            uint8_t *to = quad + (q * c16 + c0) * 4;
+            _mm_storeu_si128((__m128i *)to, _mm_unpacklo_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128((__m128i *)(to + 16), _mm_unpackhi_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128((__m128i *)(to + 32), _mm_unpacklo_epi16(ab_hi, cd_hi));
+            _mm_storeu_si128((__m128i *)(to + 48), _mm_unpackhi_epi16(ab_hi, cd_hi));
+        }
+}
+
+QC_AVX512 static void qc_depthwise_quad512(const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
+                                           const qc_geometry *g, const qc_epilogue *e, const qc_residual *r,
+                                           void *out, int64_t *counts, int32_t *sums) {
+    const int64_t C = g->o, c16 = (C + 15) / 16 * 16, blocks = c16 / 16, oh = g->oh, ow = g->ow, sh = g->sh;
+    const int64_t row_bytes = QC_QUAD_GROUPS(g->wp) * c16 * 4;
+    uint8_t *base = (uint8_t *)(sums + ow * C);
+    base += (64 - (uintptr_t)base % 64) % 64;
+    uint8_t *ring = base;
+    int8_t *weights = (int8_t *)(ring + 3 * row_bytes); /* [block][phase][kernel row][group 0/1][16][4] */
+    for (int64_t b = 0; b < blocks; b++)
+        for (int ph = 0; ph < 4; ph++)
+            for (int u = 0; u < 3; u++)
+                for (int j = 0; j < 2; j++)
+                    for (int lane = 0; lane < 16; lane++)
+                        for (int pos = 0; pos < 4; pos++) {
+                            const int v = 4 * j + pos - ph; /* the tap this byte of the group holds */
+                            const int64_t c = 16 * b + lane;
+                            weights[((((b * 4 + ph) * 3 + u) * 2 + j) * 16 + lane) * 4 + pos] =
+                                (v >= 0 && v < 3 && c < C) ? (int8_t)(w[(u * 3 + v) * C + c] & 0xff) : 0;
+                        }
+    qc_ctx512 ctx;
+    qc_ctx_init(&ctx, e, r);
+    qc_tally512 t1 = {_mm512_setzero_si512(), _mm512_setzero_si512(), 0}, t2 = t1;
+    for (int64_t n = 0; n < g->n; n++) {
+        int64_t ready = -1; /* input rows up to this one are in the ring */
+        for (int64_t oy = 0; oy < oh; oy++) {
+            const int64_t y0 = oy * sh;
+            for (int64_t y = ready + 1 > y0 ? ready + 1 : y0; y <= y0 + 2; y++)
+                qc_quad_row(x, zero_row, n, y, g, ring + (y % 3) * row_bytes);
+            ready = y0 + 2;
+            const uint8_t *rows[3] = {ring + (y0 % 3) * row_bytes, ring + ((y0 + 1) % 3) * row_bytes,
+                                      ring + ((y0 + 2) % 3) * row_bytes};
+            for (int64_t b = 0; b < blocks; b++) {
+                const int64_t c0 = 16 * b;
+                const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+                const int8_t *wb = weights + b * 4 * 3 * 2 * 64;
+                __m512i wv[4][3][2];
+                for (int ph = 0; ph < 4; ph++)
+                    for (int u = 0; u < 3; u++)
+                        for (int j = 0; j < 2; j++) wv[ph][u][j] = _mm512_loadu_si512(wb + ((ph * 3 + u) * 2 + j) * 64);
+                for (int64_t ox = 0; ox < ow; ox += 4) { /* output ox + ph starts at pixel ox + ph: group ox / 4 */
+                    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                                      _mm512_setzero_si512()};
+                    const int64_t at = ((ox / 4) * c16 + c0) * 4;
+                    for (int u = 0; u < 3; u++) {
+                        const __m512i g0 = _mm512_loadu_si512(rows[u] + at), g1 = _mm512_loadu_si512(rows[u] + at + c16 * 4);
+                        acc[0] = _mm512_dpbusd_epi32(acc[0], g0, wv[0][u][0]);
+                        acc[1] = _mm512_dpbusd_epi32(acc[1], g0, wv[1][u][0]);
+                        acc[2] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[2], g0, wv[2][u][0]), g1, wv[2][u][1]);
+                        acc[3] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[3], g0, wv[3][u][0]), g1, wv[3][u][1]);
+                    }
+                    const int64_t valid = ow - ox < 4 ? ow - ox : 4;
+                    for (int i = 0; i < valid; i++) _mm512_mask_storeu_epi32(sums + (ox + i) * C + c0, m, acc[i]);
+                }
+            }
+            const int64_t row_at = (n * oh + oy) * ow * C;
+            for (int64_t px = 0; px < ow; px += QC_MAX_P) {
+                const int64_t count = (ow - px < QC_MAX_P ? ow - px : QC_MAX_P) * C;
+                qc_flat_any512(&ctx, &t1, &t2, sums + px * C, count, row_at + px * C, out);
+            }
+        }
+    }
+    qc_ctx_finish(&ctx, &t1, &t2, counts);
+}
+
 /* ---- AMX (Sapphire Rapids and later) ------------------------------------------------------------ */
 #if defined(__linux__)
 #define QC_HAVE_AMX 1
@@ -860,13 +968,25 @@ int64_t qc_depthwise(int64_t variant, const uint8_t *x, int64_t zero_u8, const i
 /* Depthwise, unpadded or padded input; zero_row: C bytes at the zero point (what taps outside read); weights
  * [kh * kw][C] as int32 lanes holding (uint16) w; the correction: zero point * sum(w); sums: int32[ow * C]
  * scratch. AVX-512 VNNI only, float32 rules, kh * kw <= 25. */
+/* The int32 work elements qc_depthwise_fast needs for this geometry: a row's sums, and the 3 x 3 kernel's scratch. */
+int64_t qc_depthwise_fast_work(const qc_geometry *g) {
+    int64_t extra = 0;
+#ifdef QC_HAVE_X86
+    if (qc_depthwise_quad_fits(g)) extra = (qc_quad_scratch_bytes(g) + 3) / 4;
+#endif
+    return g->ow * g->o + extra;
+}
+
 int64_t qc_depthwise_fast(int64_t variant, const uint8_t *x, const uint8_t *zero_row, const int32_t *w,
                           const qc_geometry *g, const qc_epilogue *e, const qc_residual *r, void *out,
                           int64_t *counts, int32_t *sums) {
     if (e->rule == 0 || g->kh * g->kw > QC_DW_TAPS) return -2;
 #ifdef QC_HAVE_X86
     if (variant == 2 && (qc_variants() & 2)) {
-        qc_depthwise_avx512(x, zero_row, w, g, e, r, out, counts, sums);
+        if (qc_depthwise_quad_fits(g))
+            qc_depthwise_quad512(x, zero_row, w, g, e, r, out, counts, sums);
+        else
+            qc_depthwise_avx512(x, zero_row, w, g, e, r, out, counts, sums);
         return 0;
     }
 #endif
