@@ -78,6 +78,7 @@ class Epilogue(ctypes.Structure):
         ("out_kind", ctypes.c_int64),
         ("offset", ctypes.c_void_p),
         ("wide_products", ctypes.c_int64),
+        ("uniform_int", ctypes.c_int64),
     ]
 
 
@@ -228,7 +229,7 @@ class EpilogueArgs:
         wide_products = rule == RULE_CHECKED32 and not getattr(form, "products", math.inf) < 2**29
         struct = Epilogue(
             *(a.ctypes.data for a in arrays[:-1]), *(int(value) for value in limits[:7]), rule, error,
-            OUT_KINDS[out_dtype], offset.ctypes.data, wide_products,
+            OUT_KINDS[out_dtype], offset.ctypes.data, wide_products, rule == RULE_INT and uniform_int_rule(*ints),
         )  # fmt: skip
         return cls(struct, form, int_form, arrays)
 
@@ -476,6 +477,16 @@ class ResidualAdd:
         return Residual(
             ctypes.addressof(self.args.struct), self.other.ctypes.data, OUT_KINDS[self.other.dtype], *self.alignment
         )
+
+
+def uniform_int_rule(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, up: np.ndarray) -> bool:
+    """True when the int64 rule has one multiplier (|m| < 2**31) and shift (>= 32) for every channel and no
+    bias: the vector epilogue then multiplies 32 x 32 -> 64 bits and shifts by one count (a residual add's
+    requantize, which is per tensor)."""
+    return bool(
+        not bias.any() and np.ptp(multiplier) == 0 and np.ptp(shift) == 0 and np.ptp(up) == 0
+        and abs(int(multiplier[0])) < 2**31 and int(shift[0]) >= 32
+    )  # fmt: skip
 
 
 def cache_line_array(size: int) -> np.ndarray:

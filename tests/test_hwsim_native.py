@@ -86,7 +86,8 @@ def layers(draw, int8_in_place: bool = False, wide: bool = False):
 
 
 def requant_form(
-    draw, rule: str, centred: np.ndarray, bound: int, channels: int, rng, with_bias: bool = True, ties: bool = False
+    draw, rule: str, centred: np.ndarray, bound: int, channels: int, rng, with_bias: bool = True, ties: bool = False,
+    per_tensor: bool = False,
 ):
     """A requantize form of ``rule`` for sums of magnitude <= bound (plus a random bias unless ``with_bias``
     is False: an add's), or None where that rule does not apply. ``ties`` (int rule): shifts of 1-4, so
@@ -106,6 +107,12 @@ def requant_form(
         return form, None, (multiplier, shift, bias, zero_point, clips, acc_limits)
     if rule == "checked" and centred.size and draw(st.booleans()):
         multiplier, shift = near_tie_scales(centred.reshape(-1, channels)[0] + bias, rng)
+    elif rule == "int" and per_tensor:  # one scale, as an add's requantize: shifts >= 32; with ``ties``
+        # small sums, whose results stay inside the clips, and many exact halves
+        top = draw(st.sampled_from([2**30, 3 * 2**29] if ties else [2**30, 3 * 2**29, 5 * 2**28, 2**31 - 1]))
+        multiplier = np.full(channels, top * draw(st.sampled_from([-1, 1])))
+        low = 32 if ties else int(np.clip(np.ceil(np.log2(top * bound + 1)) - 8, 32, 62))
+        shift = np.full(channels, draw(st.integers(low, low + (1 if ties else 4))))
     elif rule == "int" and ties:
         multiplier, shift = rng.integers(1, 8, channels), rng.integers(1, 5, channels)
     else:
@@ -210,6 +217,22 @@ def check_native_conv(layer, rule, out_type, seed, data, layout: str, int8_in_pl
 def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_type, seed, data) -> None:
     """Convolution, requantize, residual add with another tensor, the add's requantize (float32, checked
     float32, or the int64 rule with multipliers up to 2**16, as LSQ's free scales align adds): one kernel."""
+    check_native_residual(layer, rules, other_type, out_type, seed, data)
+
+
+@needs_library
+@needs_onednn
+@pytest.mark.skipif(not native_conv.available(), reason="the fused residual runs only on the AVX-512 VNNI kernels")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer=layers(), first=st.sampled_from(["float", "checked"]), other_type=st.sampled_from([np.uint8, np.int8]),
+       out_type=st.sampled_from(OUT_TYPES), seed=st.integers(0, 2**16), data=st.data())  # fmt: skip
+def test_native_residual_per_tensor_int_rule_rounds_halves_to_even(layer, first, other_type, out_type, seed, data):
+    """The add's requantize with one multiplier and a shift >= 32 (a per-tensor scale: the kernels' 32 x 32-bit
+    product path) on small sums, many of them exact halves."""
+    check_native_residual(layer, (first, "int"), other_type, out_type, seed, data, ties=True, per_tensor=True)
+
+
+def check_native_residual(layer, rules, other_type, out_type, seed, data, ties=None, per_tensor=None) -> None:
     weight, x, _, _, _ = layer
     conv, form, int_form, (own, saturations, overflows), clips = requantized_layer(layer, rules[0], seed, data)
     out_channels = weight.shape[0]
@@ -218,7 +241,8 @@ def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_t
     other = rng.integers(info.min, int(info.max) + 1, own.shape).astype(other_type)
     other_zero = data.draw(st.integers(int(info.min), int(info.max)))
     own_zero = data.draw(st.integers(-20, 20))
-    ties = rules[1] == "int" and data.draw(st.booleans())  # small sums and shifts: exact halves, few clips
+    if ties is None:  # small sums and shifts: exact halves, few clips
+        ties = rules[1] == "int" and data.draw(st.booleans())
     largest = 3 if ties else 2**16 if rules[1] == "int" else 2**9
     multipliers = (data.draw(st.integers(-largest, largest)), data.draw(st.integers(-largest, largest)))
     total = (own - own_zero) * multipliers[0] + (other.astype(np.int64) - other_zero) * multipliers[1]
@@ -226,7 +250,11 @@ def test_native_residual_equals_the_integer_rule(layer, rules, other_type, out_t
     other_range = max(abs(int(info.min) - other_zero), abs(int(info.max) - other_zero))
     add_bound = own_range * abs(multipliers[0]) + other_range * abs(multipliers[1])
     assume(add_bound < 2**31)  # the kernels sum the add in int32
-    made = requant_form(data.draw, rules[1], total, add_bound, out_channels, rng, with_bias=False, ties=ties)
+    if per_tensor is None:
+        per_tensor = rules[1] == "int" and data.draw(st.booleans())
+    made = requant_form(
+        data.draw, rules[1], total, add_bound, out_channels, rng, with_bias=False, ties=ties, per_tensor=per_tensor
+    )
     assume(made is not None)
     add_form, add_int_form, (add_multiplier, add_shift, _, add_zero, add_clips, add_limits) = made
     add_bits = int(np.log2(add_limits[1] + 1)) + 1

@@ -56,6 +56,7 @@ typedef struct {
     int64_t out_kind; /* 0 uint8, 1 int8, 2 int16, 3 int32 */
     const int32_t *offset; /* float rules, vector kernels: bias - correction (mod 2**32), as the per-channel arrays */
     int64_t wide_products; /* checked: some |sum * scale| may reach 2**30 (the vector kernels then clamp it first) */
+    int64_t uniform_int;   /* int64 rule: one multiplier (|m| < 2**31) and shift (>= 32) for all channels, bias 0 */
 } qc_epilogue;
 
 /* A residual add fed by the kernel's requantized output (`own`), with its own requantize (any rule). */
@@ -273,7 +274,10 @@ typedef struct {
     const qc_epilogue *e;
     __m512i zero, low, high, acc_low32, acc_high32;
     __m512 acc_low, acc_high, near_half, magnitude;
+    __m512i multiplier32, up64, one64; /* the uniform int64 rule's constants (qc_round_int512) */
+    __m128i shift_count;
     int checked, low_counts, check_overflow, int_rule; /* checked: 0 no, 1 with the clamp, 2 without (qc_round512) */
+    int uniform_int;
 } qc_stage512;
 
 /* One stage's counters, kept apart from the constants: a kernel holds them in local variables (registers;
@@ -313,6 +317,11 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_stage_init(qc_sta
     s->near_half = _mm512_set1_ps(near_half);
     s->magnitude = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     s->checked = e->rule == 2 ? (e->wide_products ? 1 : 2) : 0;
+    s->uniform_int = e->rule == 0 && e->uniform_int;
+    s->multiplier32 = _mm512_set1_epi64(s->uniform_int ? e->multiplier[0] : 0);
+    s->up64 = _mm512_set1_epi64(s->uniform_int ? e->up[0] : 0);
+    s->one64 = _mm512_set1_epi64(1);
+    s->shift_count = _mm_set_epi64x(0, s->uniform_int ? e->shift[0] : 0);
     s->int_rule = e->rule == 0; /* a residual add's requantize only (qc_round_int512) */
     s->acc_low32 = _mm512_set1_epi32((int32_t)(e->acc_min < INT32_MIN ? INT32_MIN : e->acc_min));
     s->acc_high32 = _mm512_set1_epi32((int32_t)(e->acc_max > INT32_MAX ? INT32_MAX : e->acc_max));
@@ -403,6 +412,19 @@ QC_AVX512 __attribute__((always_inline)) static inline __m512i qc_round_int512(c
                                   _mm512_mask_cmpgt_epi32_mask(m, v, s->acc_high32);
         t->overflowed = _mm512_mask_add_epi32(t->overflowed, outside, t->overflowed, _mm512_set1_epi32(1));
     }
+    if (s->uniform_int) { /* 32 x 32 -> 64-bit products of the even and the odd lanes; |p| < 2**62, shift >= 32,
+                           * so every rounded result, and it plus the zero point, fits int32 */
+        const __m512i even = _mm512_mul_epi32(v, s->multiplier32);
+        const __m512i odd = _mm512_mul_epi32(_mm512_srli_epi64(v, 32), s->multiplier32);
+        const __m512i re = _mm512_sra_epi64(
+            _mm512_add_epi64(_mm512_add_epi64(even, s->up64), _mm512_and_si512(_mm512_sra_epi64(even, s->shift_count), s->one64)),
+            s->shift_count);
+        const __m512i ro = _mm512_sra_epi64(
+            _mm512_add_epi64(_mm512_add_epi64(odd, s->up64), _mm512_and_si512(_mm512_sra_epi64(odd, s->shift_count), s->one64)),
+            s->shift_count);
+        const __m512i q = _mm512_add_epi32(_mm512_mask_blend_epi32(0xAAAA, re, _mm512_slli_epi64(ro, 32)), s->zero);
+        return qc_clip_count512(s, t, q, m, s->low_counts);
+    }
     const __m512i one = _mm512_set1_epi64(1), zero = _mm512_set1_epi64(e->zero_point);
     __m256i halves[2];
     for (int h = 0; h < 2; h++) {
@@ -454,8 +476,7 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_emit512(const qc_
                                                                        const int low_counts, const int check_overflow,
                                                                        const int64_t out_kind) {
     const qc_stage512 *f = &x->first;
-    __m512i q = residual ? qc_round512(f, t1, v, c, m, f->checked, f->low_counts, f->check_overflow)
-                         : qc_round512(f, t1, v, c, m, checked, low_counts, check_overflow);
+    __m512i q = qc_round512(f, t1, v, c, m, checked, low_counts, check_overflow);
     if (residual) {
         const __m512i other = qc_load512(x->other, at, x->other_kind, m);
         const __m512i total =
@@ -529,20 +550,20 @@ QC_AVX512 __attribute__((always_inline)) static inline void qc_flat512(
 /* qc_flat512 with the kernel's flags: the common cases with constant flags (their loops have no branches). */
 QC_AVX512 static void qc_flat_any512(const qc_ctx512 *x, qc_tally512 *t1, qc_tally512 *t2, const int32_t *acc,
                                      int64_t count, int64_t at, void *out) {
+    /* every combination of the first stage's flags as constants (their loops have no branches); a residual
+     * add's own stage keeps its flags at run time */
 #define QC_FLAT(RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)                                                      \
     qc_flat512(x, t1, t2, acc, count, at, out, RESIDUAL, CHECKED, LOW, OVERFLOW, KIND)
+#define QC_FLAT_KIND(R, C, L, O) (x->out_kind <= 1 ? QC_FLAT(R, C, L, O, 0) : QC_FLAT(R, C, L, O, x->out_kind))
+#define QC_FLAT_O(R, C, L) (f->check_overflow ? QC_FLAT_KIND(R, C, L, 1) : QC_FLAT_KIND(R, C, L, 0))
+#define QC_FLAT_L(R, C) (f->low_counts ? QC_FLAT_O(R, C, 1) : QC_FLAT_O(R, C, 0))
+#define QC_FLAT_C(R) (f->checked == 2 ? QC_FLAT_L(R, 2) : f->checked == 1 ? QC_FLAT_L(R, 1) : QC_FLAT_L(R, 0))
     const qc_stage512 *f = &x->first;
-    const int plain = !f->check_overflow && x->out_kind <= 1;
-    if (x->residual && x->out_kind <= 1)
-        QC_FLAT(1, 0, 0, 0, 0);
-    else if (x->residual)
-        QC_FLAT(1, 0, 0, 0, x->out_kind);
-    else if (plain && !f->low_counts)
-        f->checked == 2 ? QC_FLAT(0, 2, 0, 0, 0) : f->checked ? QC_FLAT(0, 1, 0, 0, 0) : QC_FLAT(0, 0, 0, 0, 0);
-    else if (plain)
-        f->checked == 2 ? QC_FLAT(0, 2, 1, 0, 0) : f->checked ? QC_FLAT(0, 1, 1, 0, 0) : QC_FLAT(0, 0, 1, 0, 0);
-    else
-        QC_FLAT(0, f->checked, f->low_counts, f->check_overflow, x->out_kind);
+    x->residual ? QC_FLAT_C(1) : QC_FLAT_C(0);
+#undef QC_FLAT_C
+#undef QC_FLAT_L
+#undef QC_FLAT_O
+#undef QC_FLAT_KIND
 #undef QC_FLAT
 }
 
