@@ -215,28 +215,22 @@ static void qc_depthwise_portable(const uint8_t *x, int64_t zero_u8, const int16
  * The loops over registers are unrolled (else GCC zeroes a dead stack copy of s with rep stos per call). */
 #define QC_TILE512(P, B, F)                                                                                   \
     QC_AVX512 static void qc_tile512_##P##_##B##_##F(const uint8_t *const *pix, const int8_t *w,                \
-                                                     int64_t block_stride, const qc_geometry *g, int32_t *acc,  \
-                                                     int64_t acc_stride, __mmask16 last) {                      \
+                                                     int64_t block_stride, const int32_t *offsets,              \
+                                                     int64_t steps, int32_t *acc, int64_t acc_stride,           \
+                                                     __mmask16 last) {                                          \
         __m512i s[P][B];                                                                                      \
         _Pragma("GCC unroll 8") for (int p = 0; p < P; p++)                                                   \
             _Pragma("GCC unroll 3") for (int b = 0; b < B; b++) s[p][b] = _mm512_setzero_si512();             \
-        const int64_t groups4 = g->cp / 4;                                                                    \
         const int32_t flip = F ? (int32_t)0x80808080u : 0;                                                    \
-        for (int64_t u = 0; u < g->kh; u++)                                                                   \
-            for (int64_t v = 0; v < g->kw; v++) {                                                             \
-                const int64_t at = (u * g->dh * g->wp + v * g->dw) * g->cp;                                   \
-                const int8_t *wt = w + (u * g->kw + v) * groups4 * 64;                                        \
-                for (int64_t k = 0; k < groups4; k++) {                                                       \
-                    __m512i wv[B];                                                                            \
-                    _Pragma("GCC unroll 3") for (int b = 0; b < B; b++)                                       \
-                        wv[b] = _mm512_loadu_si512(wt + b * block_stride + k * 64);                           \
-                    _Pragma("GCC unroll 8") for (int p = 0; p < P; p++) {                                     \
-                        const __m512i a = _mm512_set1_epi32(qc_bytes4(pix[p] + at + 4 * k) ^ flip);           \
-                        _Pragma("GCC unroll 3") for (int b = 0; b < B; b++)                                   \
-                            s[p][b] = _mm512_dpbusd_epi32(s[p][b], a, wv[b]);                                 \
-                    }                                                                                         \
-                }                                                                                             \
+        for (int64_t k = 0; k < steps; k++) { /* K step k: 4 input channels of one tap, at offsets[k] */        \
+            const int64_t at = offsets[k];                                                                    \
+            __m512i wv[B];                                                                                    \
+            _Pragma("GCC unroll 3") for (int b = 0; b < B; b++) wv[b] = _mm512_loadu_si512(w + b * block_stride + k * 64); \
+            _Pragma("GCC unroll 8") for (int p = 0; p < P; p++) {                                             \
+                const __m512i a = _mm512_set1_epi32(qc_bytes4(pix[p] + at) ^ flip);                           \
+                _Pragma("GCC unroll 3") for (int b = 0; b < B; b++) s[p][b] = _mm512_dpbusd_epi32(s[p][b], a, wv[b]); \
             }                                                                                                 \
+        }                                                                                                     \
         _Pragma("GCC unroll 8") for (int p = 0; p < P; p++)                                                   \
             _Pragma("GCC unroll 3") for (int b = 0; b < B; b++)                                               \
                 _mm512_mask_storeu_epi32(acc + p * acc_stride + b * 16, b == B - 1 ? last : 0xffff, s[p][b]);  \
@@ -567,8 +561,8 @@ QC_AVX512 static void qc_flat_any512(const qc_ctx512 *x, qc_tally512 *t1, qc_tal
 #undef QC_FLAT
 }
 
-typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const qc_geometry *, int32_t *, int64_t,
-                           __mmask16);
+typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const int32_t *, int64_t, int32_t *,
+                           int64_t, __mmask16);
 static const qc_tile_fn qc_tiles512[2][2][QC_MAX_B] = { /* [flip][8 pixels][blocks - 1] */
     {{qc_tile512_1_1_0, qc_tile512_1_2_0, qc_tile512_1_3_0}, {qc_tile512_8_1_0, qc_tile512_8_2_0, qc_tile512_8_3_0}},
     {{qc_tile512_1_1_1, qc_tile512_1_2_1, qc_tile512_1_3_1}, {qc_tile512_8_1_1, qc_tile512_8_2_1, qc_tile512_8_3_1}},
@@ -582,6 +576,13 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
     const __mmask16 last = O % 16 ? (__mmask16)((1u << (O % 16)) - 1) : (__mmask16)0xffff;
     const int flip_once = g->flip && g->kh == 1 && g->kw == 1 && g->sw == 1; /* a group's pixels are adjacent */
     const int flip_tiles = g->flip && !flip_once;
+    /* the input offset of each K step (4 channels of one tap) from a window's first byte: one flat loop */
+    const int64_t groups4 = g->cp / 4, steps = g->kh * g->kw * groups4;
+    int32_t offsets[steps];
+    for (int64_t u = 0; u < g->kh; u++)
+        for (int64_t v = 0; v < g->kw; v++)
+            for (int64_t k = 0; k < groups4; k++)
+                offsets[(u * g->kw + v) * groups4 + k] = (int32_t)((u * g->dh * g->wp + v * g->dw) * g->cp + 4 * k);
     uint8_t *flipped = (uint8_t *)(acc + QC_MAX_P * O);
     const uint8_t *pix[QC_MAX_P];
     qc_ctx512 ctx;
@@ -605,8 +606,8 @@ QC_AVX512 static void qc_dense_avx512(const uint8_t *x, const int8_t *w, const q
                 for (int64_t b = 0; b < blocks; b += QC_MAX_B) {
                     const int B = (int)(blocks - b < QC_MAX_B ? blocks - b : QC_MAX_B);
                     const __mmask16 m = b + B == blocks ? last : (__mmask16)0xffff;
-                    qc_tiles512[flip_tiles][P == QC_MAX_P][B - 1](pix, w + b * block_stride, block_stride, g, acc + b * 16,
-                                                                  O, m);
+                    qc_tiles512[flip_tiles][P == QC_MAX_P][B - 1](pix, w + b * block_stride, block_stride, offsets,
+                                                                  steps, acc + b * 16, O, m);
                 }
                 const int64_t at = ((n * g->oh + oy) * g->ow + ox) * O, count = P * O;
                 qc_flat_any512(&ctx, &t1, &t2, acc, count, at, out);
