@@ -89,6 +89,14 @@ def blocked_seconds(actions: dict[str, object], rounds: int) -> dict[str, float]
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+
+
 def cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -207,27 +215,27 @@ def main() -> None:
         "",
         *table(rows),
         "",
-        f"CPU features: {cpu_flags()}. hwsim's oneDNN int8 path: "
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; features: {cpu_flags()}. hwsim's oneDNN int8 path: "
         f"{'available (probe passed)' if int8_conv.available() else 'not available here (BLAS path only)'}.",
-        "GMAC/s counts the convolution and linear MACs of the IR (hwsim's counters) per second. For scale: one",
-        "core's AVX-512 VNNI peak is 64 int8 MACs per vpdpbusd x 1-2 per cycle (~166-333 GMAC/s at 2.6 GHz);",
-        "oneDNN runs these convolutions on AMX tiles (`brg_conv_fwd:avx10_1_512_amx` in ONEDNN_VERBOSE),",
-        "whose peak is higher still; the network rates are far below either because most layers are small",
-        "(16-64 channels) and the requantize steps between them are memory-bound.",
+        "GMAC/s counts the convolution and linear MACs of the IR (hwsim's counters) per second, over both",
+        "cores. For scale: a core's AVX-512 VNNI peak is 64 int8 MACs per vpdpbusd, one 512-bit vpdpbusd per",
+        "cycle on AMD Zen 4 (two on recent Xeons, whose AMX tiles oneDNN uses where present); the network",
+        "rates stay below it because most layers are small (8-64 channels), so the requantize epilogue costs",
+        "as much as the multiply-adds in many of them.",
         f"Numba: first run with a cold cache {cold:.1f} s (compilation), with the on-disk cache {warm:.2f} s "
         "(2 images; the kernels are compiled with `cache=True`).",
         f"`hwsim estimate` (analytic, whole ResNet-20, fpga target) after warm-up: {estimate_ms:.2f} ms "
         "(target: under 10 ms).",
         "",
         "How hwsim gets there (docs/hwsim.md): each worker thread runs the whole graph on its slice of the",
-        "batch, single-threaded, so no layer waits at a barrier; 1x1 and depthwise convolutions run on hwsim's",
-        "C kernels (AVX-512 VNNI) with the requantize, and a residual add it feeds, in their epilogue; the",
-        "others on oneDNN's int8 kernels",
-        "with float32 accumulators (exact below 2**24, proven per layer); each requantize, and each residual",
-        "add with its requantize, is fused into the convolution before it and runs channels-last in float",
-        "where the product bound proves float exact (power-of-two scales), else in a checked float form (free",
-        "scales: elements within the float error of a rounding half are redone in int64), both the IR's",
-        "integer rule bit for bit, counting saturations on the way.",
+        "batch, single-threaded, so no layer waits at a barrier; the convolutions run on hwsim's C kernels",
+        "(AVX-512 VNNI; on a CPU with AMX the dense 3x3 layers stay on oneDNN's AMX kernels) with the",
+        "requantize, and a residual add it feeds, in their epilogue: in float32 where the product bound",
+        "proves it exact (power-of-two scales), else in a checked float32 form (free scales: elements within",
+        "the float error of a rounding half are redone in int64), both the IR's integer rule bit for bit,",
+        "counting saturations on the way. From a batch shape's third run on, each worker replays its",
+        "recorded kernel calls in one C call per chain of native layers (`hwsim/replay.py`), without the",
+        "interpreter between them.",
     ]
     body = "\n".join(lines)
     print(body)
