@@ -10,9 +10,11 @@ convolutions (groups 1) and depthwise ones (one input and one output channel per
 layers whose oneDNN plan (``Int8Conv``) already proved the sums exact.
 
 The library is built when the package is installed (``setup.py``, an optional extension: without a C
-compiler hwsim installs and runs its other paths). Variants: AVX-512 VNNI (what the engine uses, for 1x1
-and depthwise layers: ``plan_fast_conv``), AMX for dense layers, and portable C (also the only one with
-the int64 rule as epilogue); tests compare each with numpy. ``available()`` is True only with AVX-512
+compiler hwsim installs and runs its other paths). Variants: AVX-512 VNNI (what the engine uses, for
+every layer, or with AMX present for 1x1, depthwise and first layers: ``plan_fast_conv``), AMX for dense
+layers, and portable C (also the only one with the int64 rule as its main epilogue); tests compare each
+with numpy. A thread's kernel calls can be recorded and replayed without Python (``recording``,
+``run_calls``, ``hwsim.replay``). ``available()`` is True only with AVX-512
 VNNI, since the portable loops are slower than oneDNN.
 """
 

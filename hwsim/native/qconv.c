@@ -7,7 +7,8 @@
  * (the vpdpbusd shape: 16 int32 lanes, 4 consecutive input channels each; AMX: its own layout). Sums
  * are int32: the caller proves 255 * sum|w| < 2**31; the zero point enters as zp * sum(w) per output.
  * Depthwise convolutions (one input and one output channel per group) read a uint8 input, unpadded (taps
- * outside it skipped or read as zero points) or padded by the caller (geometry pad_top = pad_left = 0).
+ * outside it skipped or read as zero points) or padded by the caller (geometry pad_top = pad_left = 0);
+ * padded 3 x 3 ones with stride 1 along x sum four taps per vpdpbusd (qc_depthwise_quad512).
  *
  * Epilogues (qc_epilogue.rule): 1, float32 proven exact: v = sum + bias, p = v * scale, round half to
  * even, + zero point, clip; 2, the same with the scale rounded to float32, and every lane whose p lies
@@ -19,7 +20,7 @@
  * requant_int do; optionally the residual add the output feeds runs too, with its own requantize.
  *
  * Variants, chosen at run time (qc_variants()): AVX-512 VNNI and AMX (function target attributes), and
- * portable C. */
+ * portable C. qc_run replays a table of recorded calls in one call (hwsim/replay.py). */
 #define _GNU_SOURCE /* syscall() for AMX's permission request */
 #include <stdint.h>
 #include <math.h>
