@@ -305,6 +305,16 @@ class NativeConv:
             cached = self._epilogues.setdefault(key, made)  # atomic: the first thread's entry wins
         return cached.struct
 
+    @property
+    def four_taps(self) -> bool:
+        """A depthwise 3 x 3 layer with dilation 1 and stride 1 along x: the vector kernel sums four taps per
+        vpdpbusd, rearranging each input row itself (``qc_depthwise_quad512``)."""
+        return self.depthwise and self.kernel == (3, 3) and self.dilation == (1, 1) and self.stride[1] == 1
+
+    def _stored_as_is(self, x: np.ndarray) -> bool:
+        """True when the kernels can read ``x`` where it is: channels-last uint8 that needs no offset."""
+        return x.dtype == np.uint8 and self.offset == 0 and x.transpose(0, 2, 3, 1).flags.c_contiguous
+
     def _input(self, x: np.ndarray, padded: bool) -> tuple[np.ndarray, int, int, int]:
         """The uint8 channels-last input the kernel reads (``padded``: borders at the zero point, channels
         to a multiple of 4 for dense layers), its (height, width) as stored, and 1 when it is the int8
@@ -380,6 +390,8 @@ class NativeConv:
         fast_depthwise = self.depthwise and self.reads_every_tap(epilogue.rule != RULE_INT)
         # border pixels run one by one in the vector kernel: read the input padded where that pays (pad_pixels)
         padded = not self.depthwise or (fast_depthwise and x.shape[2] * x.shape[3] <= self.pad_pixels)
+        if padded and fast_depthwise and self.four_taps and self._stored_as_is(x):
+            padded = False  # its kernel rearranges each input row itself, borders included: no padded copy
         source, height, width, flip = self._input(x, padded=padded)
         geometry, out_shape = self._geometry(x.shape, height, width, flip, padded)
         if out.shape != out_shape or not out.flags.c_contiguous:

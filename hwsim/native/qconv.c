@@ -8,7 +8,7 @@
  * are int32: the caller proves 255 * sum|w| < 2**31; the zero point enters as zp * sum(w) per output.
  * Depthwise convolutions (one input and one output channel per group) read a uint8 input, unpadded (taps
  * outside it skipped or read as zero points) or padded by the caller (geometry pad_top = pad_left = 0);
- * padded 3 x 3 ones with stride 1 along x sum four taps per vpdpbusd (qc_depthwise_quad512).
+ * 3 x 3 ones with stride 1 along x sum four taps per vpdpbusd (qc_depthwise_quad512).
  *
  * Epilogues (qc_epilogue.rule): 1, float32 proven exact: v = sum + bias, p = v * scale, round half to
  * even, + zero point, clip; 2, the same with the scale rounded to float32, and every lane whose p lies
@@ -714,7 +714,7 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
     qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
 
-/* ---- depthwise 3 x 3, stride 1 along x, padded input: four taps per vpdpbusd ----
+/* ---- depthwise 3 x 3, stride 1 along x: four taps per vpdpbusd ----
  * Each input row is rearranged once into groups of 4 pixels: for every channel their 4 bytes side by side
  * ([group][channels, rounded up to 16][4]). One vpdpbusd of a group then sums, per channel, the products
  * of up to 4 horizontal taps: an output whose first tap is pixel 4g + ph (ph: its phase) needs group g
@@ -724,28 +724,32 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
  * same integers. Scratch after the row's sums: 3 rearranged rows (a ring over input rows), the weights. */
 #define QC_QUAD_GROUPS(W) ((W) / 4 + 2) /* groups per rearranged row: every pixel, and one past the last */
 
-/* 3 x 3, dilation 1, stride 1 along x, the input padded (no taps outside it) */
+/* 3 x 3, dilation 1, stride 1 along x; the input padded or not */
 static int qc_depthwise_quad_fits(const qc_geometry *g) {
-    return g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1 && g->sw == 1 && g->pad_top == 0 && g->pad_left == 0;
+    return g->kh == 3 && g->kw == 3 && g->dh == 1 && g->dw == 1 && g->sw == 1;
 }
 
+/* The rows are those of the padded input (ow + 2 pixels: stride 1, 3 taps), whether or not it is stored padded */
 static int64_t qc_quad_scratch_bytes(const qc_geometry *g) {
     const int64_t c16 = (g->o + 15) / 16 * 16;
-    return 3 * QC_QUAD_GROUPS(g->wp) * c16 * 4 + (c16 / 16) * 24 * 64 + 64;
+    return 3 * QC_QUAD_GROUPS(g->ow + 2) * c16 * 4 + (c16 / 16) * 24 * 64 + 64;
 }
 
-/* Input row y of image n (channels-last, C channels, W pixels) rearranged into `quad`. */
-QC_AVX512 static void qc_quad_row(const uint8_t *x, const uint8_t *zero_row, int64_t n, int64_t y, const qc_geometry *g,
+/* Row yp of image n's padded input (channels-last, C channels) rearranged into `quad`: pixels of the
+ * stored input where it has them (offset by its missing padding), else the zero point. */
+QC_AVX512 static void qc_quad_row(const uint8_t *x, const uint8_t *zero_row, int64_t n, int64_t yp, const qc_geometry *g,
                                   uint8_t *quad) {
-    const int64_t C = g->o, W = g->wp, c16 = (C + 15) / 16 * 16, groups = QC_QUAD_GROUPS(W);
-    const uint8_t *row = x + (n * g->hp + y) * W * C;
+    const int64_t C = g->o, W = g->wp, c16 = (C + 15) / 16 * 16, groups = QC_QUAD_GROUPS(g->ow + 2);
+    const int64_t y = yp - g->pad_top, left = g->pad_left;
+    const int inside = y >= 0 && y < g->hp;
+    const uint8_t *row = x + (n * g->hp + (inside ? y : 0)) * W * C;
     for (int64_t q = 0; q < groups; q++)
         for (int64_t c0 = 0; c0 < C; c0 += 16) {
             const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
             __m128i p[4];
-            for (int i = 0; i < 4; i++) {
-                const int64_t px = 4 * q + i; /* past the row: the zero point (its weights are 0 anyway) */
-                p[i] = _mm_maskz_loadu_epi8(m, (px < W ? row + px * C : zero_row) + c0);
+            for (int i = 0; i < 4; i++) { /* outside the stored input: the zero point */
+                const int64_t px = 4 * q + i - left;
+                p[i] = _mm_maskz_loadu_epi8(m, (inside && px >= 0 && px < W ? row + px * C : zero_row) + c0);
             }
             const __m128i ab_lo = _mm_unpacklo_epi8(p[0], p[1]), ab_hi = _mm_unpackhi_epi8(p[0], p[1]);
             const __m128i cd_lo = _mm_unpacklo_epi8(p[2], p[3]), cd_hi = _mm_unpackhi_epi8(p[2], p[3]);
@@ -761,7 +765,7 @@ QC_AVX512 static void qc_depthwise_quad512(const uint8_t *x, const uint8_t *zero
                                            const qc_geometry *g, const qc_epilogue *e, const qc_residual *r,
                                            void *out, int64_t *counts, int32_t *sums) {
     const int64_t C = g->o, c16 = (C + 15) / 16 * 16, blocks = c16 / 16, oh = g->oh, ow = g->ow, sh = g->sh;
-    const int64_t row_bytes = QC_QUAD_GROUPS(g->wp) * c16 * 4;
+    const int64_t row_bytes = QC_QUAD_GROUPS(ow + 2) * c16 * 4;
     uint8_t *base = (uint8_t *)(sums + ow * C);
     base += (64 - (uintptr_t)base % 64) % 64;
     uint8_t *ring = base;
