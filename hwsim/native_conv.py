@@ -323,11 +323,11 @@ class NativeConv:
         batch, height, width, channels = channels_last.shape
         # the input as it is, where the kernel needs no padding (AMX always reads a padded copy)
         as_is = not padded or (self.variant != AMX and not any(self.padding) and self.padded_channels == channels)
-        if as_is and channels_last.flags.c_contiguous:
-            if x.dtype == np.uint8 and self.offset == 0:
-                return channels_last, height, width, 0
-            if x.dtype == np.int8 and self.offset == 128 and not self.depthwise:  # no flip in depthwise kernels
-                return channels_last.view(np.uint8), height, width, 1
+        if as_is and self._stored_as_is(x):
+            return channels_last, height, width, 0
+        int8_in_place = x.dtype == np.int8 and self.offset == 128 and not self.depthwise  # no flip in depthwise
+        if as_is and int8_in_place and channels_last.flags.c_contiguous:
+            return channels_last.view(np.uint8), height, width, 1
         if not padded:
             shape = (batch, height, width, channels)
             converted = self._scratch("converted", shape)

@@ -1,8 +1,9 @@
 """Replays of a run's native kernel calls: one C call for each chain of native layers (``hwsim.engine``).
 
 Between two native layers the engine spends ~20 us in Python, holding the interpreter lock that the other
-worker thread needs to start its next kernel: on MobileNetV2 that cost two workers ~25% of their speed
-against two processes (docs/hwsim.md#performance). So the second run of a batch shape on a thread records
+worker thread needs to start its next kernel (docs/hwsim.md#performance: with each thread's kernel counts
+on their own cache line, the two workers then lose little beside that). So the second run of a batch
+shape on a thread records
 each node's kernel calls (``native_conv.recording``), and from the third on a node whose work was only
 kernel calls, reading tensors that live in the run's slot arrays, is not run again in Python: its recorded
 calls are (``qc_run``), consecutive ones in one call, and its outputs and counters are set from them.

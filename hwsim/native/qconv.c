@@ -562,6 +562,16 @@ QC_AVX512 static void qc_flat_any512(const qc_ctx512 *x, qc_tally512 *t1, qc_tal
 #undef QC_FLAT
 }
 
+/* A depthwise output row's epilogue: its ow * C sums, QC_MAX_P pixels at a time (the epilogue's arrays
+ * span that many), into out[row_at..]. */
+QC_AVX512 static void qc_row_epilogue512(const qc_ctx512 *x, qc_tally512 *t1, qc_tally512 *t2, const int32_t *sums,
+                                         int64_t ow, int64_t C, int64_t row_at, void *out) {
+    for (int64_t px = 0; px < ow; px += QC_MAX_P) {
+        const int64_t count = (ow - px < QC_MAX_P ? ow - px : QC_MAX_P) * C;
+        qc_flat_any512(x, t1, t2, sums + px * C, count, row_at + px * C, out);
+    }
+}
+
 typedef void (*qc_tile_fn)(const uint8_t *const *, const int8_t *, int64_t, const int32_t *, int64_t, int32_t *,
                            int64_t, __mmask16);
 static const qc_tile_fn qc_tiles512[2][2][QC_MAX_B] = { /* [flip][8 pixels][blocks - 1] */
@@ -704,12 +714,8 @@ QC_AVX512 static void qc_depthwise_avx512(const uint8_t *x, const uint8_t *zero_
                     }
                 }
             }
-            /* the row's epilogue, QC_MAX_P pixels at a time (the epilogue's arrays span that many) */
             const int64_t row_at = (n * oh + oy) * ow * C;
-            for (int64_t px = 0; px < ow; px += QC_MAX_P) {
-                const int64_t count = (ow - px < QC_MAX_P ? ow - px : QC_MAX_P) * C;
-                qc_flat_any512(&ctx, &t1, &t2, sums + px * C, count, row_at + px * C, out);
-            }
+            qc_row_epilogue512(&ctx, &t1, &t2, sums, ow, C, row_at, out);
         }
     qc_ctx_finish(&ctx, &t1, &t2, counts);
 }
@@ -817,10 +823,7 @@ QC_AVX512 static void qc_depthwise_quad512(const uint8_t *x, const uint8_t *zero
                 }
             }
             const int64_t row_at = (n * oh + oy) * ow * C;
-            for (int64_t px = 0; px < ow; px += QC_MAX_P) {
-                const int64_t count = (ow - px < QC_MAX_P ? ow - px : QC_MAX_P) * C;
-                qc_flat_any512(&ctx, &t1, &t2, sums + px * C, count, row_at + px * C, out);
-            }
+            qc_row_epilogue512(&ctx, &t1, &t2, sums, ow, C, row_at, out);
         }
     }
     qc_ctx_finish(&ctx, &t1, &t2, counts);
